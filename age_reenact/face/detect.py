@@ -1,0 +1,143 @@
+"""Face detection and landmarks with dlib (`dlib-bin`) and the model files of `face_recognition_models`.
+
+The HOG detector is the default; dlib's CNN (MMOD) detector is an opt-in fallback for frames where HOG
+finds nothing (1-18 s a frame on a CPU). Landmarks come from the 68-point predictor (trained on iBUG
+300-W: not for commercial use) or the 5-point predictor (public domain); with the 5-point one the mouth
+corners and nose tip are placed through a mean face shape.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .align import similarity_transform, transform_points
+from .mean_shape import MEAN_SHAPE_68
+from .templates import five_points_from_68
+
+# dlib's 5-point model: right eye outer/inner, left eye outer/inner corners, nose base (68-point indices).
+DLIB5_AS_68 = [45, 42, 36, 39, 33]
+
+MODEL_FILES = {
+    "landmarks_68": "shape_predictor_68_face_landmarks.dat",
+    "landmarks_5": "shape_predictor_5_face_landmarks.dat",
+    "cnn_detector": "mmod_human_face_detector.dat",
+    "recognition": "dlib_face_recognition_resnet_model_v1.dat",
+}
+
+
+class FaceModelsMissing(RuntimeError):
+    """dlib or its model files are not installed."""
+
+
+def _import_dlib():
+    try:
+        import dlib
+    except ImportError as exc:
+        raise FaceModelsMissing("dlib is not installed: run `pip install dlib-bin` (a prebuilt dlib wheel).") from exc
+    return dlib
+
+
+def dlib_model_path(kind: str) -> Path:
+    """Path of one of dlib's model files shipped by the `face_recognition_models` package."""
+    # find_spec locates the package without running its __init__, which needs the removed pkg_resources.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaceModelsMissing("the dlib face models are not installed: run `pip install face_recognition_models`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / MODEL_FILES[kind]
+    if not path.is_file():
+        raise FaceModelsMissing(f"{path.name} is missing from {path.parent}; reinstall face_recognition_models.")
+    return path
+
+
+@lru_cache(maxsize=None)
+def _hog_detector():
+    return _import_dlib().get_frontal_face_detector()
+
+
+@lru_cache(maxsize=None)
+def _cnn_detector():
+    return _import_dlib().cnn_face_detection_model_v1(str(dlib_model_path("cnn_detector")))
+
+
+@lru_cache(maxsize=None)
+def _shape_predictor(kind: str):
+    return _import_dlib().shape_predictor(str(dlib_model_path(kind)))
+
+
+@dataclass
+class Face:
+    """One detected face, in the coordinates of the full frame."""
+
+    box: np.ndarray  # (4,) x0, y0, x1, y1
+    score: float
+    landmarks: np.ndarray  # (68, 2) iBUG order, or (5, 2) dlib order when the 5-point model was used
+    points5: np.ndarray  # (5, 2) eye centres, nose tip, mouth corners (see templates.five_points_from_68)
+
+    @property
+    def area(self) -> float:
+        return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
+
+    @property
+    def inter_ocular(self) -> float:
+        return float(np.linalg.norm(self.points5[1] - self.points5[0]))
+
+
+def five_points_from_dlib5(points: np.ndarray) -> np.ndarray:
+    """Standard 5 points from dlib's 5-point landmarks, by fitting the mean face shape to them."""
+    matrix = similarity_transform(MEAN_SHAPE_68[DLIB5_AS_68], points)
+    return five_points_from_68(transform_points(matrix, MEAN_SHAPE_68))
+
+
+class FaceDetector:
+    """Detects faces and their landmarks in uint8 RGB frames.
+
+    upsample: HOG upsampling passes (1 finds faces down to ~40 px, each pass costs ~4x time).
+    landmarks: "68" (iBUG predictor, non-commercial) or "5" (public-domain predictor).
+    cnn_fallback: run dlib's slow CNN detector when HOG finds nothing.
+    detect_max_side: detection runs on a copy scaled to this many px at most; landmarks use full resolution.
+    """
+
+    def __init__(self, upsample: int = 1, landmarks: str = "68", cnn_fallback: bool = False, detect_max_side: int = 1280):
+        if landmarks not in ("68", "5"):
+            raise ValueError(f"landmarks must be '68' or '5', got {landmarks!r}")
+        if not 0 <= upsample <= 3:
+            raise ValueError(f"upsample must be 0..3, got {upsample}")
+        self.upsample = upsample
+        self.landmarks = landmarks
+        self.cnn_fallback = cnn_fallback
+        self.detect_max_side = detect_max_side
+        self._predictor = _shape_predictor("landmarks_68" if landmarks == "68" else "landmarks_5")
+
+    def boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """Face boxes (x0, y0, x1, y1) in frame pixels with detector scores."""
+        h, w = image.shape[:2]
+        scale = min(1.0, self.detect_max_side / max(h, w))
+        small = image
+        if scale < 1.0:
+            from PIL import Image
+
+            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+        rects, scores, _ = _hog_detector().run(small, self.upsample, 0.0)
+        found = [(r, float(s)) for r, s in zip(rects, scores)]
+        if not found and self.cnn_fallback:
+            found = [(d.rect, float(d.confidence)) for d in _cnn_detector()(small, self.upsample)]
+        return [(np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) / scale, s) for r, s in found]
+
+    def landmarks_in(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        dlib = _import_dlib()
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        shape = self._predictor(image, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """All faces in one uint8 RGB [H, W, 3] frame, ordered left to right."""
+        faces = []
+        for box, score in self.boxes(image):
+            landmarks = self.landmarks_in(image, box)
+            points5 = five_points_from_68(landmarks) if self.landmarks == "68" else five_points_from_dlib5(landmarks)
+            faces.append(Face(box=box, score=score, landmarks=landmarks, points5=points5))
+        return sorted(faces, key=lambda f: (f.box[0] + f.box[2]) / 2)

@@ -1,0 +1,68 @@
+"""ComfyUI services the nodes use (progress, interruption, model folders), with plain fallbacks so the
+nodes also run, and are tested, where ComfyUI is not installed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..age_reenact import model_paths
+
+try:  # ComfyUI present
+    import comfy.model_management as _model_management
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+except Exception:  # noqa: BLE001 - any failure means "not inside ComfyUI"
+    _model_management = _comfy_utils = _folder_paths = None
+
+
+class Progress:
+    """Per-item progress for one node run: updates ComfyUI's bar and honours its Cancel button."""
+
+    def __init__(self, total: int):
+        self.total = max(1, total)
+        self.bar = _comfy_utils.ProgressBar(self.total) if _comfy_utils else None
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if _model_management is not None:
+            _model_management.throw_exception_if_processing_interrupted()
+        if self.bar is not None:
+            self.bar.update_absolute(done, total or self.total)
+
+
+def register_model_folders(folder_paths=None) -> None:
+    """One models/<family> folder per model family, keeping any paths extra_model_paths.yaml gave it,
+    plus this pack's weights/<family> as an extra search path."""
+    folder_paths = folder_paths or _folder_paths
+    if folder_paths is None:
+        return
+    for family in model_paths.FAMILIES:
+        registry = folder_paths.folder_names_and_paths
+        if family in registry:
+            paths, extensions = registry[family]
+            registry[family] = (list(paths), set(extensions) | set(model_paths.EXTENSIONS))
+        else:
+            registry[family] = ([os.path.join(folder_paths.models_dir, family)], set(model_paths.EXTENSIONS))
+        pack_dir = str(model_paths.PACK_WEIGHTS / family)
+        if pack_dir not in registry[family][0]:
+            folder_paths.add_model_folder_path(family, pack_dir)
+
+
+def list_models(family: str) -> list[str]:
+    if _folder_paths is not None:
+        return list(_folder_paths.get_filename_list(family))
+    return model_paths.list_models(family)
+
+
+def resolve_model(family: str, name: str) -> Path:
+    name = model_paths.validate_model_name(name)
+    if _folder_paths is not None:
+        path = _folder_paths.get_full_path(family, name)
+        if path is None:
+            raise model_paths.ModelNotFoundError(
+                f"{model_paths.FAMILIES[family]} file {name!r} not found in: " + ", ".join(_folder_paths.get_folder_paths(family))
+            )
+        return Path(path)
+    return model_paths.resolve_model(family, name)
+
+
+register_model_folders()
