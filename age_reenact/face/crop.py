@@ -169,5 +169,5 @@ def extract_crops(images: torch.Tensor, crops: FaceCrops, chunk: int = 16) -> to
     for start in range(0, len(crops), chunk):
         rows = crops.frame_index[start : start + chunk]
         frames = images[torch.as_tensor(rows)].permute(0, 3, 1, 2)
-        out.append(warp_affine(frames, crops.matrices[start : start + chunk], (crops.size, crops.size)).permute(0, 2, 3, 1))
+        out.append(warp_affine(frames, crops.matrices[start : start + chunk], (crops.size, crops.size)).clamp(0, 1).permute(0, 2, 3, 1))
     return torch.cat(out, 0) if out else images.new_zeros(0, crops.size, crops.size, 3)

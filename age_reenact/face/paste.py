@@ -16,6 +16,10 @@ from .templates import five_points_from_68
 COLOR_MATCH = ("none", "mean_std")
 
 
+def _cross(o, a, b) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
 def _convex_hull(points: np.ndarray) -> np.ndarray:
     """Monotone-chain convex hull, counter-clockwise."""
     pts = sorted(map(tuple, points))
@@ -23,7 +27,7 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     def half(seq):
         hull = []
         for p in seq:
-            while len(hull) >= 2 and np.cross(np.subtract(hull[-1], hull[-2]), np.subtract(p, hull[-2])) <= 0:
+            while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) <= 0:
                 hull.pop()
             hull.append(p)
         return hull[:-1]
@@ -143,6 +147,6 @@ def paste_crops(
         warped = warp_affine(rgba, shifted[None], (y1 - y0, x1 - x0))[0].permute(1, 2, 0)
         alpha = warped[..., 3:].clamp(0, 1)
         region = out[frame, y0:y1, x0:x1]
-        out[frame, y0:y1, x0:x1] = region * (1 - alpha) + warped[..., :3] * alpha
+        out[frame, y0:y1, x0:x1] = region * (1 - alpha) + warped[..., :3].clamp(0, 1) * alpha
         frame_masks[frame, y0:y1, x0:x1] = torch.maximum(frame_masks[frame, y0:y1, x0:x1], alpha[..., 0])
     return out, frame_masks

@@ -1,0 +1,54 @@
+"""Shared fixtures: the pack imported as ComfyUI would (a package under an arbitrary folder name),
+the bundled fixture images, and the shared datasets when present."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def import_pack(name: str = "ComfyUI_AgeReenact_clone"):
+    """Import the repository root the way ComfyUI does: as a package named after its folder."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def einstein():
+    """(IMAGE [1,H,W,3], hand-labelled 68 landmarks in 0-based pixels)."""
+    from age_reenact.images import load_image
+
+    # .pts files are 1-based: a header of 3 lines, then 68 "x y" lines.
+    points = np.loadtxt(FIXTURES / "einstein.pts", skiprows=3, max_rows=68) - 1.0
+    return load_image(FIXTURES / "einstein.jpg"), points
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from age_reenact.images import load_image
+
+    return load_image(FIXTURES / "astronaut.png")
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"needs the shared dataset {name} at {path} (not part of a fresh clone)")
+    return path

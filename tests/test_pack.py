@@ -1,0 +1,85 @@
+"""The pack as ComfyUI sees it: importable under any folder name without ComfyUI, well-formed node
+definitions, model folders registered the way that keeps extra_model_paths.yaml entries."""
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+VALID_TYPES = {"IMAGE", "MASK", "INT", "FLOAT", "STRING", "BOOLEAN", "LATENT"}
+
+
+def test_pack_imports_without_comfyui_under_any_name():
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('some-clone_name', r'{ROOT / '__init__.py'}', submodule_search_locations=[r'{ROOT}'])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules[spec.name] = m; spec.loader.exec_module(m)\n"
+        "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules\n"
+        "print(len(m.NODE_CLASS_MAPPINGS))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 3
+
+
+def test_core_never_imports_comfyui():
+    for path in (ROOT / "age_reenact").rglob("*.py"):
+        text = path.read_text()
+        for banned in ("import comfy", "import folder_paths", "from comfy", "from folder_paths"):
+            assert banned not in text, f"{path} imports ComfyUI"
+
+
+def test_node_definitions_are_well_formed(pack):
+    mappings, titles = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
+    assert set(mappings) == set(titles)
+    for node_id, cls in mappings.items():
+        assert node_id.startswith("AgeReenact"), node_id
+        assert cls.CATEGORY.startswith("AgeReenact/")
+        assert isinstance(cls.RETURN_TYPES, tuple)
+        assert callable(getattr(cls, cls.FUNCTION))
+        if hasattr(cls, "RETURN_NAMES"):
+            assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+        inputs = cls.INPUT_TYPES()
+        assert set(inputs) <= {"required", "optional", "hidden"} and "required" in inputs
+        for section in ("required", "optional"):
+            for name, spec in inputs.get(section, {}).items():
+                kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+                if isinstance(kind, list):
+                    assert kind and ("default" not in options or options["default"] in kind), f"{node_id}.{name}"
+                elif kind in ("INT", "FLOAT"):
+                    assert options["min"] <= options["default"] <= options["max"], f"{node_id}.{name}"
+                elif kind in ("BOOLEAN", "STRING"):
+                    assert "default" in options or options.get("forceInput"), f"{node_id}.{name}"
+                else:
+                    assert kind in VALID_TYPES or (kind.isupper() and kind.replace("_", "").isalnum()), f"{node_id}.{name}: {kind}"
+
+
+def test_model_folders_keep_yaml_paths_and_add_the_pack_weights(pack, tmp_path):
+    fake = types.SimpleNamespace(models_dir=str(tmp_path / "models"), folder_names_and_paths={"agetransgan": (["/yaml/agetransgan"], set())})
+
+    def add_model_folder_path(name, path, is_default=False):
+        fake.folder_names_and_paths[name][0].append(path)
+
+    fake.add_model_folder_path = add_model_folder_path
+    pack.nodes.comfy_services.register_model_folders(fake)
+    paths, extensions = fake.folder_names_and_paths["agetransgan"]
+    assert paths[0] == "/yaml/agetransgan" and paths[-1].endswith("weights/agetransgan") and ".safetensors" in extensions
+    paths, _ = fake.folder_names_and_paths["age_estimator"]
+    assert paths[0] == str(tmp_path / "models" / "age_estimator")
+
+
+def test_face_nodes_crop_paste_and_draw(pack, astronaut):
+    nodes = pack.NODE_CLASS_MAPPINGS
+    frames = torch.cat([astronaut, astronaut])
+    crops, face_crop = nodes["AgeReenactFaceCrop"]().crop(frames, "agetransgan", 128, "largest", 0, "error", 0, "68", False)
+    assert crops.shape == (2, 128, 128, 3) and len(face_crop) == 2
+    image, mask = nodes["AgeReenactFacePaste"]().paste(frames, crops, face_crop, 0.06, "mean_std")
+    assert image.shape == frames.shape and mask.shape == frames.shape[:3]
+    (preview,) = nodes["AgeReenactDrawLandmarks"]().draw(frames, face_crop, True)
+    assert preview.shape == frames.shape and not torch.equal(preview, frames)
+    with pytest.raises(ValueError, match="2 processed crop"):
+        nodes["AgeReenactFacePaste"]().paste(frames[:1], crops, face_crop.select([0]), 0.06, "none")
