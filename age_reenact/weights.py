@@ -6,6 +6,7 @@ once by a registered converter; pickled files are only ever opened with `weights
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,9 +147,14 @@ def build_model(weights: Weights) -> nn.Module:
 
 
 def load_checkpoint(path: str | Path) -> Any:
-    """Open an official pickled checkpoint safely (tensors and plain containers only, never code)."""
+    """Open an official pickled checkpoint safely (tensors and plain containers only, never code).
+
+    rosinality-style trainers store their argparse options beside the weights; a Namespace only holds
+    attributes, so allowing it keeps loading safe and lets such files open.
+    """
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure gets the same advice
         raise WeightsError(f"{path}: cannot be read as a plain checkpoint with weights_only=True ({exc}).") from exc
 

@@ -2,6 +2,11 @@
 the bundled fixture images, and the shared datasets when present."""
 from __future__ import annotations
 
+import os
+
+# On a busy machine, OpenMP threads that spin while waiting slow small tensor ops by 10-50x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import importlib.util
 import sys
 from pathlib import Path

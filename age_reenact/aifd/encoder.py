@@ -1,0 +1,105 @@
+"""E_A: the AIFD identity encoder (IR backbone + attention decomposition + identity embedding + age head).
+
+Input: 112x112 ArcFace-aligned RGB faces in [-1, 1], [B, 3, 112, 112] (`PREPROCESSING`, stored in the
+weights' metadata). Output: an L2-normalised identity embedding from the identity part of the maps;
+the age head reads the age part. The state_dict uses MTLFace's names without the `encoder.` prefix:
+`input_layer`, `block1..4`, `fsm`, `output_layer`, plus `age_estimator`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..weights import build_model, read_weights, register_architecture
+from .afd import AttentionDecomposition
+from .backbone import IRBackbone, embedding_head
+
+ARCHITECTURE = "aifd_encoder"
+INPUT_SIZE = 112
+PREPROCESSING = {
+    "size": INPUT_SIZE,
+    "channels": "RGB",
+    "layout": "NCHW",
+    "range": [-1.0, 1.0],
+    "normalize": "x * 2 - 1 from RGB in 0..1 (mean 0.5, std 0.5)",
+    "crop": "arcface",
+}
+
+
+class AgeHead(nn.Module):
+    """MTLFace's age estimator on x_age: 0..100 age logits, their softmax expectation, and group logits."""
+
+    def __init__(self, channels: int, spatial: int, hidden: int, num_age_classes: int = 101, num_age_groups: int = 7):
+        super().__init__()
+        self.age_output_layer = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.Flatten(),
+            nn.Linear(channels * spatial * spatial, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_age_classes),
+        )
+        self.group_output_layer = nn.Linear(num_age_classes, num_age_groups)
+        self.register_buffer("expectation", torch.arange(num_age_classes, dtype=torch.float32))
+
+    def forward(self, x_age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_age maps -> (expected age in years [B], age logits [B, classes], group logits [B, groups])."""
+        logits = self.age_output_layer(x_age)
+        age = (logits.float().softmax(1) * self.expectation).sum(1)
+        return age, logits, self.group_output_layer(logits)
+
+
+@register_architecture(ARCHITECTURE)
+class AIFDEncoder(IRBackbone):
+    """Config: depth (18/34/50/100 or four unit counts), widths, embedding_dim, afd_variant ("cvpr" or
+    "tpami"), input_size (a multiple of 16), num_age_classes, num_age_groups, dropout (training only)."""
+
+    def __init__(
+        self,
+        depth: int | Sequence[int] = 50,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        embedding_dim: int = 512,
+        afd_variant: str = "cvpr",
+        input_size: int = INPUT_SIZE,
+        num_age_classes: int = 101,
+        num_age_groups: int = 7,
+        dropout: float = 0.4,
+    ):
+        super().__init__(depth, widths)
+        if input_size % 16:
+            raise ValueError(f"input_size must be a multiple of 16 (four stride-2 stages), got {input_size}")
+        channels, spatial = widths[-1], input_size // 16
+        self.input_size = input_size
+        self.fsm = AttentionDecomposition(channels, afd_variant)
+        self.output_layer = embedding_head(channels, spatial, embedding_dim, dropout)
+        # The age MLP's hidden width is the embedding width (512 in MTLFace for both).
+        self.age_estimator = AgeHead(channels, spatial, embedding_dim, num_age_classes, num_age_groups)
+        self.init_weights()
+
+    def decompose(self, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Faces [B, 3, S, S] in [-1, 1] -> (x_id, x_age) maps."""
+        if faces.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"the identity encoder takes {self.input_size}x{self.input_size} faces, got {tuple(faces.shape[-2:])}; "
+                "resize with aifd.similarity.encoder_input first."
+            )
+        return self.fsm(self.features(faces))
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """Faces [B, 3, S, S] in [-1, 1] -> L2-normalised identity embeddings [B, embedding_dim]."""
+        x_id, _ = self.decompose(faces)
+        return F.normalize(self.output_layer(x_id).float(), dim=1)
+
+    def estimate_age(self, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Faces -> (expected age in years [B], age-group logits [B, num_age_groups])."""
+        _, x_age = self.decompose(faces)
+        age, _, groups = self.age_estimator(x_age)
+        return age, groups
+
+
+def load_encoder(path: str | Path) -> AIFDEncoder:
+    """An AIFD encoder from a safetensors file written by this pack, in eval mode."""
+    return build_model(read_weights(path, ARCHITECTURE))

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and the independent reference models they are compared with."""
