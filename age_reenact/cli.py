@@ -14,7 +14,7 @@ from .images import load_image, save_image
 from .weights import convert_checkpoint, converters
 
 # Importing each model family registers its architectures and checkpoint converters.
-FAMILY_PACKAGES = ("estimator.predict", "agetransgan.convert", "aifd.convert")
+FAMILY_PACKAGES = ("estimator.predict", "agetransgan.convert", "aifd.convert", "reenact.convert")
 
 
 def _register_families() -> None:

@@ -1,0 +1,169 @@
+"""Dual-generator reenactor benchmark: frames per second and memory growth over long videos.
+
+    python benchmarks/bench_reenactor.py            # speed table + memory table
+    python benchmarks/bench_reenactor.py --quick    # fewer frames, for a smoke run
+
+Speed: official-width models (random weights; speed does not depend on the values) at 128 and 256 px,
+fp32 and bf16, on CUDA when present, else the CPU. "generator" is the face generator alone on a batch of
+sketches; "pipeline" is the whole chunked pipeline (sketches, shape generator, face generator, paste-back)
+on a synthetic 512 px driving video with known landmarks, so face detection is timed separately
+("detection", dlib HOG on the CPU, the same for every model).
+
+Memory: a tiny model on a synthetic 256 px video of N frames, each run in a fresh process. The table gives
+the peak RSS growth during the run, minus the output batches (which must grow with N): flat numbers
+across N mean the working memory does not grow with the video.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from age_reenact.face.align import similarity_transform, transform_points, warp_affine  # noqa: E402
+from age_reenact.face.templates import five_points_from_68  # noqa: E402
+from age_reenact.images import load_image  # noqa: E402
+from age_reenact.reenact import DualGeneratorReenactor, Reenactor, reenact  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY = {"style_dim": 16, "identity_dim": 8, "identity_source": "aifd", "num_identities": 4, "base_channels": 8, "max_conv_dim": 32}
+
+
+def einstein() -> tuple[torch.Tensor, np.ndarray]:
+    """The fixture portrait and its hand-labelled landmarks (0-based pixels)."""
+    return load_image(FIXTURES / "einstein.jpg"), np.loadtxt(FIXTURES / "einstein.pts", skiprows=3, max_rows=68) - 1.0
+
+
+def synthetic_video(image: torch.Tensor, landmarks: np.ndarray, frames: int, size: int = 256) -> tuple[torch.Tensor, np.ndarray]:
+    """A head-motion video made by warping one face: uint8 [T, size, size, 3] frames and their landmarks.
+
+    The face (eyes size/5 apart, centred) sways in roll, scale and position along slow sines. Frames are
+    warped one at a time into a uint8 batch, so building a long video has no large float temporaries.
+    """
+    points5 = five_points_from_68(landmarks)
+    centre = np.array([size / 2, size / 2])
+    base_eyes = np.array([[-0.1, -0.06], [0.1, -0.06]]) * size + centre
+    source = image[:1].permute(0, 3, 1, 2)
+    video = torch.empty(frames, size, size, 3, dtype=torch.uint8)
+    tracks = np.empty((frames, 68, 2))
+    for t in range(frames):
+        phase = 2 * math.pi * t / 60
+        angle, scale = math.radians(8) * math.sin(phase), 1 + 0.05 * math.sin(phase / 2)
+        shift = np.array([6 * math.sin(phase / 3), 4 * math.cos(phase / 2)])
+        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) * scale
+        matrix = similarity_transform(points5[:2], (base_eyes - centre) @ rotation.T + centre + shift)
+        tracks[t] = transform_points(matrix, landmarks)
+        video[t] = (warp_affine(source, matrix[None], (size, size))[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
+    return video, tracks
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def speed(size: int, precision: str, device: torch.device, frames: int, batch: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    reenactor = Reenactor(DualGeneratorReenactor(size=size, identity_dim=8, identity_source="aifd"), lambda x: x.new_zeros(len(x), 8), device, precision)
+    image, landmarks = einstein()
+    video, tracks = synthetic_video(image, landmarks, frames, size=512)
+    style = reenactor.style(torch.rand(1, size, size, 3))
+    sketches = torch.rand(batch, 3, size, size).round()  # the generator's cost does not depend on the strokes
+    reenactor.generate(sketches, style)  # warm-up
+    _sync(device)
+    repeats = max(1, frames // batch)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        reenactor.generate(sketches, style)
+    _sync(device)
+    generator_fps = repeats * batch / (time.perf_counter() - start)
+    start = time.perf_counter()
+    reenact(reenactor, image, video, mode="absolute", source_landmarks=landmarks, driving_landmarks=tracks, chunk_size=batch)
+    _sync(device)
+    return {"generator": generator_fps, "pipeline": frames / (time.perf_counter() - start)}
+
+
+def detection_fps(frames: int) -> float:
+    from age_reenact.face.detect import FaceDetector
+    from age_reenact.images import to_uint8
+
+    image, landmarks = einstein()
+    video, _ = synthetic_video(image, landmarks, frames, size=512)
+    detector = FaceDetector(landmarks="68")
+    start = time.perf_counter()
+    for frame in video:
+        detector.detect(to_uint8(frame.float() / 255))
+    return frames / (time.perf_counter() - start)
+
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) in MiB, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(frames: int, output: str) -> dict[str, float]:
+    """Run once in this process and report the peak RSS growth of the run itself."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    reenactor = Reenactor(DualGeneratorReenactor(size=256, **TINY), None, "cpu")
+    image, landmarks = einstein()
+    video, tracks = synthetic_video(image, landmarks, frames, size=256)
+    _reset_peak_rss()
+    before = _rss_mb("VmRSS")
+    result = reenact(reenactor, image, video, mode="relative", smoothing=0.3, output=output, source_landmarks=landmarks, driving_landmarks=tracks)
+    growth = _rss_mb("VmHWM") - before
+    outputs = sum(t.numel() * t.element_size() for t in (result.images, result.masks, result.sketches)) / 2**20
+    return {"frames": frames, "output": output, "peak_growth_mb": growth, "outputs_mb": outputs, "working_mb": growth - outputs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--output", default="paste", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.output)))
+        return
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = device.type == "cpu"
+    frames = 8 if args.quick else (16 if cpu else 256)
+    batch = 4 if cpu else 16
+    print(f"device: {torch.cuda.get_device_name() if not cpu else f'CPU, {torch.get_num_threads()} threads'}; torch {torch.__version__}")
+    print(f"\nspeed (frames per second; official widths, random weights; {frames} frames, chunk {batch})")
+    print(f"{'size':>5} {'precision':>9} {'generator':>10} {'pipeline':>9}")
+    for size in (128, 256):
+        for precision in ("fp32", "bf16"):
+            result = speed(size, precision, device, frames, batch)
+            print(f"{size:>5} {precision:>9} {result['generator']:>10.2f} {result['pipeline']:>9.2f}")
+    print(f"detection (dlib HOG + 68 landmarks, 512 px frames, CPU): {detection_fps(frames):.1f} fps")
+
+    print("\nmemory (tiny model, 256 px video, relative mode, smoothing 0.3; MiB; each run in a fresh process)")
+    print(f"{'output':>6} {'frames':>6} {'peak growth':>11} {'outputs':>8} {'working':>8}")
+    for output in ("paste", "crops"):
+        for count in ((30, 90) if args.quick else (60, 300)):
+            line = subprocess.run([sys.executable, __file__, "--memory-child", str(count), "--output", output], capture_output=True, text=True, check=True).stdout
+            row = json.loads(line.strip().splitlines()[-1])
+            print(f"{output:>6} {count:>6} {row['peak_growth_mb']:>11.1f} {row['outputs_mb']:>8.1f} {row['working_mb']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
