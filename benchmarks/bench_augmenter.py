@@ -45,10 +45,10 @@ def worker(dtype_name: str, size: int, steps: int) -> dict:
     import torch
     from diffusers import UniPCMultistepScheduler
 
-    from age_reenact.augment.augmenter import PRECISIONS
+    from age_reenact.devices import DTYPES
     from age_reenact.augment.diffusers_loading import SD15, build_random_pipeline, load_tokenizer, write_byte_tokenizer
 
-    dtype = PRECISIONS[dtype_name]
+    dtype = DTYPES[dtype_name]
     # Timing needs a working tokenizer, not CLIP's real vocabulary (its ids stay inside CLIP's 49408).
     tokenizer = load_tokenizer(write_byte_tokenizer(tempfile.mkdtemp()), 514, 77)
     start = time.perf_counter()

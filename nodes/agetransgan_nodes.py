@@ -4,16 +4,16 @@ from __future__ import annotations
 import torch
 
 from ..age_reenact.age_groups import FFHQ_AGING_4, FFHQ_AGING_10, groups_for
-from ..age_reenact.agetransgan import PRECISIONS, AgeTransGAN, age_code, code_label, group_codes, load_generator, one_hot_code, sweep_codes
+from ..age_reenact.devices import DEVICES, PRECISIONS
+from ..age_reenact.agetransgan import AgeTransGAN, age_code, code_label, group_codes, load_generator, one_hot_code, sweep_codes
 from ..age_reenact.agetransgan.pipeline import check_convention
 from ..age_reenact.face.crop import FACE_CHOICES, NO_FACE_ACTIONS, FaceCrops
 from ..age_reenact.face.detect import FaceDetector
 from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.images import to_image_batch
-from .comfy_services import Progress, list_models, resolve_model
+from .comfy_services import Progress, list_models, resolve_model, torch_device
 
 CATEGORY = "AgeReenact/agetransgan"
-DEVICES = ("auto", "cpu", "cuda")
 # One list for both released models: the 10 FFHQ-Aging groups, then the 4-group model's own two.
 GROUP_NAMES = list(dict.fromkeys(FFHQ_AGING_10.names + FFHQ_AGING_4.names))
 SEED = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the generator's noise: the same seed gives the same image."})
@@ -47,14 +47,14 @@ class AgeTransGANLoader:
         return {
             "required": {
                 "model_name": (list_models("agetransgan"), {"tooltip": "A file in models/agetransgan (10-group or 4-group FFHQ generator)."}),
-                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: the GPU when there is one, else the CPU."}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device (the GPU when there is one)."}),
                 "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "auto: fp16 on GPUs, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32. fp32 is the reference."}),
             }
         }
 
     def load(self, model_name, device, precision):
         model = load_generator(resolve_model("agetransgan", model_name))
-        return (AgeTransGAN.create(model, None if device == "auto" else device, precision),)
+        return (AgeTransGAN.create(model, torch_device(device), precision),)
 
 
 def _target_code(runner: AgeTransGAN, target: str, target_group: str, target_age: float) -> torch.Tensor:

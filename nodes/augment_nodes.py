@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from ..age_reenact import model_paths
-from ..age_reenact.augment.augmenter import DEVICES, PRECISIONS, SCHEDULERS, AugmentSettings, PoseAugmenter, paste_augmented
+from ..age_reenact.devices import DEVICES, PRECISIONS
+from ..age_reenact.augment.augmenter import SCHEDULERS, AugmentSettings, PoseAugmenter, paste_augmented
 from ..age_reenact.augment.diffusers_loading import import_diffusers
 from ..age_reenact.augment.pose3d import DRIVING_MODES, PoseTargets, target_landmarks
 from ..age_reenact.augment.pose_maps import STYLES, draw_pose_maps
 from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.images import to_image_batch
-from .comfy_services import Progress
+from .comfy_services import Progress, torch_device
 
 try:  # ComfyUI present
     import comfy.model_management as _model_management
@@ -125,7 +126,7 @@ class AugmenterLoader:
             "required": {
                 "checkpoint": (checkpoints, {"tooltip": "An SD1.5 checkpoint (.safetensors in models/checkpoints) or a diffusers SD1.5 folder (models/diffusers)."}),
                 "controlnet": (controlnets, {"tooltip": "An SD1.5 face/pose ControlNet (.safetensors file or diffusers folder in models/controlnet)."}),
-                "precision": ([AUTO, *PRECISIONS], {"default": AUTO, "tooltip": "auto: fp16 on GPU, bf16 on CPU."}),
+                "precision": (list(PRECISIONS), {"default": AUTO, "tooltip": "auto: fp16 on GPU, bf16 on CPUs with native bf16, else fp32."}),
                 "device": (list(DEVICES), {"default": AUTO, "tooltip": "auto: ComfyUI's device (GPU if present)."}),
                 "offload": ("BOOLEAN", {"default": True, "tooltip": "GPU only: keep models on the CPU and move each to the GPU only while it runs."}),
             },
@@ -140,10 +141,8 @@ class AugmenterLoader:
             checkpoint_path = _resolve("diffusers", checkpoint[len(DIFFUSERS_PREFIX):])
         else:
             checkpoint_path = _resolve("checkpoints", checkpoint)
-        if device == AUTO and _model_management is not None:
-            device = str(_model_management.get_torch_device())
         augmenter = PoseAugmenter.load(
-            checkpoint_path, _resolve("controlnet", controlnet), _tokenizer_candidates(tokenizer_dir), device, precision, offload
+            checkpoint_path, _resolve("controlnet", controlnet), _tokenizer_candidates(tokenizer_dir), torch_device(device), precision, offload
         )
         return (augmenter,)
 

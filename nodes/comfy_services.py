@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..age_reenact import model_paths
+from ..age_reenact.devices import resolve_device
 
 try:  # ComfyUI present
     import comfy.model_management as _model_management
@@ -13,6 +16,13 @@ try:  # ComfyUI present
     import folder_paths as _folder_paths
 except Exception:  # noqa: BLE001 - any failure means "not inside ComfyUI"
     _model_management = _comfy_utils = _folder_paths = None
+
+
+def torch_device(choice: str = "auto") -> torch.device:
+    """The device a model runs on: inside ComfyUI, 'auto' is the device ComfyUI manages."""
+    if choice == "auto" and _model_management is not None:
+        return _model_management.get_torch_device()
+    return resolve_device(choice)
 
 
 class Progress:

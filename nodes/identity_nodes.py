@@ -1,12 +1,11 @@
 """Identity nodes: load the AIFD identity encoder (E_A) and compare the identities in two image batches."""
 from __future__ import annotations
 
-import torch
 
 from ..age_reenact.aifd.encoder import load_encoder
 from ..age_reenact.aifd import similarity
 from ..age_reenact.face.detect import FaceDetector
-from .comfy_services import Progress, list_models, resolve_model
+from .comfy_services import Progress, list_models, resolve_model, torch_device
 
 CATEGORY = "AgeReenact/aifd"
 FACE_MODES = {
@@ -14,14 +13,6 @@ FACE_MODES = {
     "detect (5 landmarks)": "5",
     "already aligned crops": None,
 }
-
-
-def _compute_device() -> torch.device:
-    try:
-        import comfy.model_management as model_management
-    except ImportError:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model_management.get_torch_device()
 
 
 class IdentityEncoderLoader:
@@ -74,7 +65,7 @@ class FaceSimilarity:
     def compare(self, aifd_model, image_a, image_b, faces, upsample, threshold, flip_average):
         landmarks = FACE_MODES[faces]
         detector = FaceDetector(upsample=upsample, landmarks=landmarks) if landmarks else None
-        device = _compute_device()
+        device = torch_device()
         try:
             aifd_model.to(device)
             result = similarity.FaceSimilarity(aifd_model, detector, flip_average)(image_a, image_b, threshold, Progress(max(len(image_a), len(image_b))))

@@ -1,28 +1,17 @@
 """Dual-generator reenactor nodes: load a reenactor, then reenact a source face with a driving video."""
 from __future__ import annotations
 
-import torch
 
 from ..age_reenact.face.detect import FaceDetector
 from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.reenact.motion import MODES
-from ..age_reenact.reenact.pipeline import NO_FACE_ACTIONS, OUTPUTS, PRECISIONS, load_reenactor, reenact
-from .comfy_services import Progress, list_models, resolve_model
+from ..age_reenact.devices import DEVICES, PRECISIONS
+from ..age_reenact.reenact.pipeline import NO_FACE_ACTIONS, OUTPUTS, load_reenactor, reenact
+from .comfy_services import Progress, list_models, resolve_model, torch_device
 
 CATEGORY = "AgeReenact/reenactor"
 FAMILY = "reenactor"
 NO_IDENTITY = "none"
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "cpu":
-        return torch.device("cpu")
-    try:  # inside ComfyUI: the device it manages
-        import comfy.model_management
-
-        return comfy.model_management.get_torch_device()
-    except ImportError:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class ReenactorLoader:
@@ -44,13 +33,13 @@ class ReenactorLoader:
                 "model_name": (models, {"tooltip": "A reenactor .safetensors file in models/reenactor (convert official checkpoints with `python -m age_reenact.reenact`)."}),
                 "identity_model": ([NO_IDENTITY] + models, {"default": NO_IDENTITY, "tooltip": "VGG-Face identity file (converted from vgg_face_dag.pth) for official models' absolute mode; 'none' for relative mode only."}),
                 "precision": (list(PRECISIONS), {"default": "fp32", "tooltip": "Face generator precision: bf16/fp16 are faster on GPUs; fp16 needs a GPU."}),
-                "device": (["auto", "cpu"], {"default": "auto", "tooltip": "auto: ComfyUI's GPU when there is one."}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device (the GPU when there is one)."}),
             }
         }
 
     def load(self, model_name, identity_model, precision, device):
         identity = None if identity_model == NO_IDENTITY else resolve_model(FAMILY, identity_model)
-        return (load_reenactor(resolve_model(FAMILY, model_name), identity, _device(device), precision),)
+        return (load_reenactor(resolve_model(FAMILY, model_name), identity, torch_device(device), precision),)
 
 
 class Reenact:

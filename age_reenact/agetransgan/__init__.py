@@ -5,12 +5,11 @@ Importing this package registers the "agetransgan_generator" architecture and th
 from .age_codes import age_code, between_code, code_label, group_codes, one_hot_code, sweep_codes
 from .convert import convert_official, infer_config, load_generator
 from .generator import AgeTransGANGenerator
-from .pipeline import PRECISIONS, AgeTransGAN
+from .pipeline import AgeTransGAN
 
 __all__ = [
     "AgeTransGAN",
     "AgeTransGANGenerator",
-    "PRECISIONS",
     "age_code",
     "between_code",
     "code_label",

@@ -13,40 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import PRECISIONS, resolve_device, resolve_dtype
 from ..face.crop import FaceCrops, detect_crops, extract_crops
 from ..face.detect import FaceDetector
 from ..face.paste import paste_crops
 from ..images import to_image_batch
 from .generator import AgeTransGANGenerator
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Progress = Callable[[int, int], None]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """oneDNN reports native bf16 (AVX512-BF16 / AMX); elsewhere bf16 convs are emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is the GPU path; on a CPU choose bf16 (fast on CPUs with AMX/AVX512-BF16) or fp32.")
-    return _DTYPES[precision]
 
 
 def check_convention(face_crops: FaceCrops) -> None:
@@ -68,7 +42,7 @@ class AgeTransGAN:
 
     @classmethod
     def create(cls, model: AgeTransGANGenerator, device: torch.device | str | None = None, precision: str = "auto") -> "AgeTransGAN":
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device if device is not None else "auto")
         dtype = resolve_dtype(precision, device)
         # channels_last is the layout cuDNN's tensor-core kernels and oneDNN's AMX bf16 kernels prefer; on
         # this CPU it measured even with the default layout for both fp32 and bf16, so fp32 CPU keeps NCHW.

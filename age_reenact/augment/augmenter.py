@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import resolve_device, resolve_dtype
 from ..face.align import invert_affine, transform_points
 from ..face.crop import FaceCrops
 from ..face.paste import paste_crops
@@ -28,8 +29,6 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "ddim": "DDIMScheduler",
 }
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -56,23 +55,6 @@ class AugmentSettings:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.denoising_steps() < 1:
             raise ValueError(f"steps x strength = {self.steps} x {self.strength} runs no denoising step; raise steps or strength.")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU; use 'cpu' or 'auto'.")
-    return device
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cpu" else torch.float16
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or one of {list(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> int:

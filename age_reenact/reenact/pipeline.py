@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..devices import resolve_device, resolve_dtype
 from ..face.crop import FaceCrops, NoFaceError, choose_faces, crops_from_points, extract_crops
 from ..face.detect import FaceDetector
 from ..face.paste import COLOR_MATCH, crop_masks, paste_crops
@@ -34,7 +35,6 @@ from .sketch import render_sketches
 CONVENTION = "reenactor"
 OUTPUTS = ("paste", "crops")
 NO_FACE_ACTIONS = ("error", "passthrough")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 IdentityFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -46,23 +46,19 @@ class Reenactor:
     """
 
     def __init__(self, model: DualGeneratorReenactor, identity_fn: IdentityFn | None = None, device: str | torch.device = "cpu", precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        self.device = torch.device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise ValueError("fp16 needs a GPU; on the CPU use bf16 or fp32.")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(precision, self.device)
         self.model = model.to(self.device).eval()
         self.identity_fn = identity_fn.to(self.device).eval() if isinstance(identity_fn, torch.nn.Module) else identity_fn
-        self.precision = precision
 
     @property
     def size(self) -> int:
         return self.model.size
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _nchw(self, images: torch.Tensor) -> torch.Tensor:
         return images.permute(0, 3, 1, 2).to(self.device, torch.float32)
