@@ -14,7 +14,7 @@ import sys
 
 from .engine import RunConfig
 
-TASKS = {"age_estimator": "training.age_estimator"}
+TASKS = {"age_estimator": "training.age_estimator", "aifd": "training.aifd"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,11 +69,15 @@ class Context:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The model as trained: on the device, wrapped in DDP when there are several processes."""
+    def wrap(self, model: nn.Module, find_unused: bool = False) -> nn.Module:
+        """The model as trained: on the device, wrapped in DDP when there are several processes.
+
+        Under DDP, gradients are averaged only for what runs through the wrapper's forward.
+        """
         model = model.to(self.device)
         if self.world_size > 1:
-            return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
         return model
 
     def mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
