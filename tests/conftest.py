@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -28,6 +29,12 @@ def import_pack(name: str = "ComfyUI_AgeReenact_clone"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Test models are tiny: threads gain nothing, and on a busy machine OpenMP's barriers cost 10-50x."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,6 @@ from age_reenact.weights import WeightsError, convert_checkpoint, read_weights
 TINY = dict(size=64, group=10, style_dim=32, n_mlp=2, channel_multiplier=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a shared, busy 2-core machine OpenMP's barriers make
-    them ~50x slower; restore the setting for other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def official_shapes(size: int, group: int, style_dim: int = 512, multiplier: float = 2, n_mlp: int = 8) -> dict[str, tuple]:
     """Key -> shape of the official generator's state_dict, written out from the published module tree
     (docs/reference/paper-systems.md section 1.2), independently of the pack's module code."""

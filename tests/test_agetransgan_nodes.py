@@ -12,15 +12,6 @@ from age_reenact.weights import save_weights
 CONFIG = dict(size=64, group=10, style_dim=32, n_mlp=2, channel_multiplier=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared, busy 2-core machine run far faster on one thread (see test_agetransgan.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     for group in (10, 4):

@@ -41,11 +41,8 @@ def stub_ages(images: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def augmenter(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only spin on a shared CPU
     tokenizer = load_tokenizer(write_byte_tokenizer(tmp_path_factory.mktemp("tok")), SD15_TINY.vocab_size, SD15_TINY.max_length)
-    yield PoseAugmenter(build_random_pipeline(SD15_TINY, tokenizer, torch.float32), "cpu")
-    torch.set_num_threads(threads)
+    return PoseAugmenter(build_random_pipeline(SD15_TINY, tokenizer, torch.float32), "cpu")
 
 
 @pytest.fixture

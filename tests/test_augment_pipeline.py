@@ -109,16 +109,6 @@ def ldm_controlnet(controlnet) -> dict[str, torch.Tensor]:
 # --- fixtures ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spinning threads make each
-    call 10-40x slower; restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Any connection attempt fails the test at once (instead of a retry loop against the Hub)."""

@@ -26,15 +26,6 @@ def reenactor():
     return Reenactor(DualGeneratorReenactor(**TINY), _identity)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU extra threads cost several times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def small_einstein(einstein):
     """Einstein at 0.6x (faster detection; the HOG detector still finds him)."""

@@ -78,17 +78,9 @@ class AgeEstimatorTask(Task):
     def state(self) -> dict:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
-    def batch_indices(self, ctx: Context) -> np.ndarray:
-        # Epoch-wise permutation from the step number alone, sharded by rank: resumable and DDP-consistent.
-        per_epoch = max(1, len(self.train_index) // ctx.config.batch_size)
-        epoch, position = divmod(ctx.step, per_epoch)
-        order = torch.randperm(len(self.train_index), generator=torch.Generator().manual_seed(ctx.config.seed * 100003 + epoch))
-        start = position * ctx.config.batch_size + ctx.rank * ctx.local_batch
-        return self.train_index[order[start : start + ctx.local_batch].numpy()]
-
     def train_step(self, ctx: Context) -> dict[str, float]:
         self.model.train()
-        index = self.batch_indices(ctx)
+        index = ctx.epoch_batch(self.train_index)
         crops = self.faces.crops(index, ctx.generator(), JITTER if self.args.augment else None)
         x = prepare(crops, preprocessing(self.args)).to(ctx.device)
         ages = self.ages[index].to(ctx.device)

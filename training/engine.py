@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -63,6 +64,16 @@ class Context:
         """Randomness for one step on this rank (reproducible across resumes)."""
         step = self.step if step is None else step
         return torch.Generator().manual_seed(hash((self.config.seed, step, self.rank, stream)) & 0x7FFFFFFF)
+
+    def epoch_batch(self, pool: np.ndarray) -> np.ndarray:
+        """This process's share of the step's batch from `pool`: an epoch-wise permutation derived from the
+        step number alone, so it is resumable and consistent across DDP processes. A pool smaller than
+        the batch repeats its items."""
+        per_epoch = max(1, len(pool) // self.config.batch_size)
+        epoch, position = divmod(self.step, per_epoch)
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.config.seed * 100003 + epoch))
+        start = position * self.config.batch_size + self.rank * self.local_batch
+        return pool[np.resize(order[start : start + self.local_batch].numpy(), self.local_batch)]
 
     def autocast(self):
         if not self.config.bf16:

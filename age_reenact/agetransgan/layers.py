@@ -38,7 +38,9 @@ def cached(module: nn.Module, name: str, source: torch.Tensor, key: tuple, make:
     Saves re-casting and re-scaling every weight on every forward (a third of a bf16 run at 256 px)."""
     if torch.is_grad_enabled():
         return make()
-    full_key = (source.data_ptr(), source._version, source.device, *key)
+    # Tensors made under inference_mode (ComfyUI runs prompts in it) have no version counter.
+    version = -1 if source.is_inference() else source._version
+    full_key = (source.data_ptr(), version, source.device, *key)
     hit = module.__dict__.get(name)  # a plain attribute: never part of the state_dict
     if hit is None or hit[0] != full_key:
         hit = (full_key, make())
@@ -233,7 +235,7 @@ class ModulatedConv2d(nn.Module):
             s = self.modulation(style.float())  # [B, in]
             d = torch.full((len(x), self.out_channels), gain, device=x.device)
             if self.demodulate:
-                energy = cached(self, "_energy", self.weight, (), self._energy)
+                energy = cached(self, "_energy_cache", self.weight, (), self._energy)
                 d = d * torch.rsqrt(s.pow(2) @ energy.t() + 1e-8)  # [B, out]
         bias = None if bias is None else (bias * gain).to(x.dtype)
         # fp16 always takes the weight form: x * s before demodulation could overflow its range.

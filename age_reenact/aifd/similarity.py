@@ -33,7 +33,8 @@ def encoder_input(faces: torch.Tensor, value_range: tuple[float, float] = SIGNED
     if faces.shape[2] != faces.shape[3]:
         raise ValueError(f"expected square aligned face crops, got {faces.shape[3]}x{faces.shape[2]} px; crop the faces first.")
     low, high = value_range
-    faces = (faces - low) * (2.0 / (high - low)) - 1.0
+    # fp32: the antialiased resize has no bf16 kernel on CPUs.
+    faces = (faces.float() - low) * (2.0 / (high - low)) - 1.0
     if faces.shape[-1] != size:
         faces = F.interpolate(faces, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return faces

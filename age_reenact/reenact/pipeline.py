@@ -49,6 +49,8 @@ class Reenactor:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         self.model = model.to(self.device).eval()
+        if identity_fn is None and model.identity_source == "style":
+            identity_fn = self.model.rfg.style_encoder  # the model carries its own identity code
         self.identity_fn = identity_fn.to(self.device).eval() if isinstance(identity_fn, torch.nn.Module) else identity_fn
 
     @property

@@ -1,0 +1,256 @@
+"""`age-reenact evaluate reenactment`: does a reenactor keep the source's identity and follow the pose?
+
+Pairs of different people, drawn with a fixed seed: LFW `test` people (source and driver are photos of
+two different people) and the UTKFace `test` split (no identities: every file counts as its own person).
+The reenactor runs in the absolute mode (shape generator) on the source photo and the driver photo and
+gives its S x S face crop; then
+- identity: dlib's embedding distance between the source photo's face and the output's face (the same
+  person below 0.6, dlib's threshold); the source-driver distance is given for reference;
+- pose: NME of the 68 landmarks detected on the output vs the target landmarks its sketch was drawn
+  from, in units of the target's inter-ocular distance (eye centres, as `Face.inter_ocular`).
+An output without a detectable face fails both. Faces are detected with dlib HOG (68 points); outputs
+smaller than 256 px are upscaled for detection, and their landmarks scaled back.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..face.crop import choose_faces
+from ..face.detect import Face, FaceDetector
+from ..images import load_image, save_image, to_uint8
+from ..labels import read_labels
+from .dlib_identity import SAME_PERSON_DISTANCE, dlib_embedding, identity_distance
+
+NME_BAR = 0.08
+IDENTITY_BAR = 0.8  # share of pairs whose output keeps the source's identity
+DETECTION_SIZE = 256
+
+
+@dataclass
+class PairResult:
+    dataset: str
+    source: str
+    driver: str
+    output_face: bool
+    identity_distance: float  # source vs output; NaN when the output has no detectable face
+    source_driver_distance: float
+    nme: float  # NaN when the output has no detectable face
+
+    @property
+    def identity_kept(self) -> bool:
+        return bool(self.output_face and self.identity_distance < SAME_PERSON_DISTANCE)
+
+    @property
+    def pose_followed(self) -> bool:
+        return bool(self.output_face and self.nme <= NME_BAR)
+
+
+def inter_ocular(landmarks: np.ndarray) -> float:
+    """Distance of the eye centres (means of points 36-41 and 42-47) of iBUG-68 landmarks."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    return float(np.linalg.norm(landmarks[42:48].mean(0) - landmarks[36:42].mean(0)))
+
+
+def landmark_nme(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Mean point-to-point distance of two (68, 2) landmark sets over the target's inter-ocular distance."""
+    predicted, target = np.asarray(predicted, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    return float(np.linalg.norm(predicted - target, axis=-1).mean() / max(inter_ocular(target), 1e-9))
+
+
+def different_person_pairs(people: Sequence[str], seed: int) -> Iterator[tuple[int, int]]:
+    """Endless (source, driver) index pairs of different people, each pair once, in a seeded order."""
+    rng = np.random.default_rng(seed)
+    possible = len(people) ** 2 - sum(c * c for c in Counter(people).values())
+    seen: set[tuple[int, int]] = set()
+    while len(seen) < possible:
+        i, j = (int(v) for v in rng.integers(len(people), size=2))
+        if people[i] != people[j] and (i, j) not in seen:
+            seen.add((i, j))
+            yield i, j
+
+
+def evaluation_sets(lfw: Path | None, utkface: Path | None) -> dict[str, tuple[list[Path], list[str]]]:
+    """{dataset: (image paths, person of each)} for the LFW test people and the UTKFace test split."""
+    sets = {}
+    if lfw is not None:
+        with open(Path(lfw) / "people.csv", newline="") as handle:
+            people = sorted(r["person"] for r in csv.DictReader(handle) if r["split"] == "test")
+        photos = [(p, person) for person in people for p in sorted((Path(lfw) / "images" / person).glob("*.jpg"))]
+        sets["lfw_test"] = ([p for p, _ in photos], [person for _, person in photos])
+    if utkface is not None:
+        rows = read_labels(utkface, Path(utkface) / "labels.csv", split="test")
+        sets["utkface_test"] = ([r.path for r in rows], [r.path.name for r in rows])
+    return sets
+
+
+class _Faces:
+    """Each photo's uint8 frame and largest face, detected once."""
+
+    def __init__(self, detector: FaceDetector):
+        self.detector = detector
+        self.cache: dict[Path, tuple[np.ndarray, Face | None]] = {}
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, Face | None]:
+        if path not in self.cache:
+            frame = to_uint8(load_image(path)[0])
+            faces = choose_faces(self.detector.detect(frame), "largest", 0, 0)
+            self.cache[path] = (frame, faces[0] if faces else None)
+        return self.cache[path]
+
+
+def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: np.ndarray, detector: FaceDetector) -> tuple[bool, float, float]:
+    """One output crop IMAGE [S, S, 3] and its target landmarks (crop px) -> (face found, identity
+    distance to the source embedding, landmark NME)."""
+    size = output.shape[0]
+    scale = max(1.0, DETECTION_SIZE / size)
+    image = output.permute(2, 0, 1)[None]
+    if scale > 1:
+        image = F.interpolate(image, scale_factor=scale, mode="bicubic", align_corners=False)
+    frame = to_uint8(image[0].permute(1, 2, 0))
+    faces = choose_faces(detector.detect(frame), "largest", 0, 0)
+    if not faces:
+        return False, float("nan"), float("nan")
+    distance = identity_distance(source_embedding, dlib_embedding(frame, faces[0]))
+    return True, distance, landmark_nme(faces[0].landmarks / scale, target)
+
+
+def load_for_evaluation(path: str | Path, identity_path: str | Path | None = None, device: str = "cpu", precision: str = "fp32"):
+    """A reenactor file with its identity code: its own ("style"), a VGG-Face file, or an AIFD encoder file."""
+    from ..reenact.pipeline import Reenactor, load_reenactor
+    from ..weights import WeightsError, build_model, read_weights
+
+    weights = read_weights(path, "dual_generator_reenactor")
+    source = weights.config.get("identity_source", "vggface")
+    if source == "aifd":
+        if identity_path is None:
+            raise WeightsError(f"{Path(path).name} takes the AIFD identity code: give the AIFD encoder file with --identity-model.")
+        from ..aifd.encoder import load_encoder
+        from ..reenact.identity import AIFDIdentity
+
+        return Reenactor(build_model(weights), AIFDIdentity(load_encoder(identity_path)), device, precision)
+    if source == "vggface" and identity_path is None:
+        raise WeightsError(f"{Path(path).name} takes the VGG-Face identity code: give the vggface_fc7 file with --identity-model.")
+    return load_reenactor(path, identity_path if source == "vggface" else None, device, precision)
+
+
+def evaluate_reenactor(
+    reenactor,
+    lfw: Path | None,
+    utkface: Path | None,
+    pairs: int = 100,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    examples: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[PairResult], dict[str, dict]]:
+    """`pairs` pairs per dataset (pairs whose source or driver photo has no detectable face are skipped
+    and replaced by the next ones). Returns every pair's result and the summary per dataset and overall."""
+    from ..reenact.pipeline import reenact
+
+    detector = FaceDetector(upsample=1, landmarks="68")
+    faces = _Faces(detector)
+    results: list[PairResult] = []
+    strips: list[torch.Tensor] = []
+    sets = evaluation_sets(lfw, utkface)
+    total = pairs * len(sets)
+    for name, (paths, people) in sets.items():
+        done = 0
+        for i, j in different_person_pairs(people, seed):
+            if done == pairs:
+                break
+            (source_frame, source_face), (driver_frame, driver_face) = faces(paths[i]), faces(paths[j])
+            if source_face is None or driver_face is None:
+                continue
+            out = reenact(
+                reenactor, torch.from_numpy(source_frame)[None].float() / 255, torch.from_numpy(driver_frame)[None].float() / 255,
+                mode="absolute", output="crops", source_landmarks=source_face.landmarks, driving_landmarks=driver_face.landmarks[None],
+            )
+            target = out.landmarks[0] * reenactor.size
+            source_embedding = dlib_embedding(source_frame, source_face)
+            found, distance, nme = measure_output(out.images[0], target, source_embedding, detector)
+            reference = identity_distance(source_embedding, dlib_embedding(driver_frame, driver_face))
+            results.append(PairResult(name, paths[i].name, paths[j].name, found, distance, reference, nme))
+            if len(strips) < examples:
+                strips.append(_example_strip(source_frame, driver_frame, out.sketches[0], out.images[0]))
+            done += 1
+            if progress is not None:
+                progress(len(results), total)
+    summary = summarize(results)
+    if out_dir is not None:
+        write_report(results, summary, Path(out_dir), strips)
+    return results, summary
+
+
+def _example_strip(source: np.ndarray, driver: np.ndarray, sketch: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """[S, 4S, 3]: source photo, driver photo (resized to S), sketch, output."""
+    size = output.shape[0]
+
+    def resized(frame: np.ndarray) -> torch.Tensor:
+        image = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+        return F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+
+    return torch.cat([resized(source), resized(driver), sketch, output], dim=1).clamp(0, 1)
+
+
+def summarize(results: list[PairResult]) -> dict[str, dict]:
+    """Per dataset and "all": pairs, output faces found, identity kept, mean distances, pose followed, mean NME."""
+    groups = {name: [r for r in results if r.dataset == name] for name in dict.fromkeys(r.dataset for r in results)}
+    groups["all"] = results
+    summary = {}
+    for name, rows in groups.items():
+        if not rows:
+            continue
+        found = [r for r in rows if r.output_face]
+        summary[name] = {
+            "pairs": len(rows),
+            "output_face_found": len(found) / len(rows),
+            "identity_kept": sum(r.identity_kept for r in rows) / len(rows),
+            "mean_identity_distance": float(np.mean([r.identity_distance for r in found])) if found else float("nan"),
+            "mean_source_driver_distance": float(np.mean([r.source_driver_distance for r in rows])),
+            "pose_followed": sum(r.pose_followed for r in rows) / len(rows),
+            "mean_nme": float(np.mean([r.nme for r in found])) if found else float("nan"),
+            "both": sum(r.identity_kept and r.pose_followed for r in rows) / len(rows),
+        }
+    return summary
+
+
+def summary_table(summary: dict[str, dict]) -> str:
+    lines = [
+        "| set | pairs | output face found | identity kept (dlib < 0.6) | mean distance source-output | mean distance source-driver | pose followed (NME <= 0.08) | mean NME | both |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in summary.items():
+        lines.append(
+            f"| {name} | {m['pairs']} | {m['output_face_found']:.1%} | {m['identity_kept']:.1%} | {m['mean_identity_distance']:.3f} | "
+            f"{m['mean_source_driver_distance']:.3f} | {m['pose_followed']:.1%} | {m['mean_nme']:.4f} | {m['both']:.1%} |"
+        )
+    if "all" in summary:
+        m = summary["all"]
+        lines += [
+            "",
+            f"- identity kept for at least {IDENTITY_BAR:.0%} of pairs: {'PASS' if m['identity_kept'] >= IDENTITY_BAR else 'FAIL'} ({m['identity_kept']:.1%})",
+            f"- mean NME at most {NME_BAR}: {'PASS' if m['mean_nme'] <= NME_BAR else 'FAIL'} ({m['mean_nme']:.4f}; {m['pose_followed']:.1%} of pairs within it)",
+        ]
+    return "\n".join(lines)
+
+
+def write_report(results: list[PairResult], summary: dict[str, dict], out_dir: Path, strips: list[torch.Tensor] = ()) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "reenact_pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*PairResult.__dataclass_fields__, "identity_kept", "pose_followed"])
+        for r in results:
+            writer.writerow([*asdict(r).values(), r.identity_kept, r.pose_followed])
+    (out_dir / "reenact_metrics.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "reenact_table.md").write_text(summary_table(summary) + "\n")
+    if strips:
+        save_image(torch.cat(list(strips), dim=0), out_dir / "reenact_examples.png")

@@ -1,0 +1,199 @@
+"""Reenactor training on the shared engine (losses, export, resume), face cache landmarks, evaluation metrics."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from conftest import FIXTURES, ROOT
+from age_reenact.evaluation.dlib_identity import dlib_embedding
+from age_reenact.evaluation.reenact_eval import PairResult, different_person_pairs, landmark_nme, measure_output, summarize
+from age_reenact.face.crop import detect_crops, extract_crops
+from age_reenact.face.detect import FaceDetector
+from age_reenact.images import to_uint8
+from age_reenact.reenact.pipeline import load_reenactor
+from training.face_data import FLIP_68, AlignedFaces
+from training.reenactor import reenactor_items
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """An LFW-style folder (two train people with three photos each) and a UTKFace-style folder."""
+    root = tmp_path_factory.mktemp("reenact_data")
+    photos = {"Albert_Einstein": Image.open(FIXTURES / "einstein.jpg").convert("RGB"), "Eileen_Collins": Image.open(FIXTURES / "astronaut.png").convert("RGB")}
+    people = ["person,images,split"]
+    for name, image in photos.items():
+        folder = root / "lfw" / "images" / name
+        folder.mkdir(parents=True)
+        for number, variant in enumerate((image, ImageOps.mirror(image), image.resize((image.width * 3 // 4, image.height * 3 // 4))), 1):
+            variant.save(folder / f"{name}_{number:04d}.jpg")
+        people.append(f"{name},3,train")
+    (root / "lfw" / "people.csv").write_text("\n".join(people) + "\n")
+    (root / "utk").mkdir()
+    labels = ["file,age,gender,race,split"]
+    for number, (split, name) in enumerate((("train", "Albert_Einstein"), ("train", "Eileen_Collins"), ("val", "Eileen_Collins"), ("val", "Albert_Einstein"))):
+        photos[name].save(root / "utk" / f"{30 + number}_0_0_{number}.jpg")
+        labels.append(f"{30 + number}_0_0_{number}.jpg,{30 + number},0,0,{split}")
+    (root / "utk" / "labels.csv").write_text("\n".join(labels) + "\n")
+    return root
+
+
+def train(data, out, *extra):
+    command = [sys.executable, "-m", "training", "reenactor", "--lfw", str(data / "lfw"), "--utkface", str(data / "utk"), "--out", str(out),
+               "--preset", "tiny", "--batch-size", "4", "--log-every", "1", "--eval-every", "1000", "--sample-every", "2",
+               "--cache-dir", str(data / "cache"), "--threads", "1", "--no-bf16", "--lr", "0.003", "--shape-lr", "0.003", *extra]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    return out, train(tiny_data, out, "--steps", "4")
+
+
+def test_training_lowers_the_losses_and_writes_a_loadable_model(straight_run):
+    out, history = straight_run
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["l1"] < history[0]["l1"]
+    assert history[-1]["shape_rec"] < history[0]["shape_rec"]
+    reenactor = load_reenactor(out / "reenactor.safetensors")
+    assert reenactor.model.identity_source == "style" and reenactor.size == 32
+    crops = torch.rand(2, 32, 32, 3)
+    identity = reenactor.identity(crops)  # the model's own style encoder: no identity file needed
+    assert identity.shape == (2, reenactor.model.identity_dim)
+    assert reenactor.shape(np.full((1, 68, 2), 0.5), identity[:1]).shape == (1, 68, 2)
+    assert (out / "samples" / "step_000004.png").is_file() and (out / "MODEL_CARD.md").is_file()
+    assert "num_identities" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_resume_continues_the_step_count(tiny_data, straight_run, tmp_path):
+    _, straight = straight_run
+    train(tiny_data, tmp_path, "--steps", "4", "--stop-at", "2")
+    assert not (tmp_path / "reenactor.safetensors").exists()
+    resumed = train(tiny_data, tmp_path, "--steps", "4")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for key in ("l1", "shape_rec", "d_loss"):
+        assert resumed[-1][key] == pytest.approx(straight[-1][key], rel=1e-4)
+
+
+def test_ddp_two_processes_train_and_export(tiny_data, straight_run, tmp_path):
+    # Every network gets gradients on every rank (R1 steps included), so DDP neither hangs nor errors.
+    history = train(tiny_data, tmp_path, "--steps", "2", "--nproc", "2")
+    assert [r["step"] for r in history] == [1, 2] and all(np.isfinite(r["l1"]) for r in history)
+    assert (tmp_path / "reenactor.safetensors").is_file()
+
+
+def test_face_cache_landmarks_follow_the_flip_and_old_caches_load(tiny_data, straight_run, tmp_path):
+    items = reenactor_items(tiny_data / "lfw", tiny_data / "utk")
+    cache = next((tiny_data / "cache").glob("faces_reenactor_32_*.npz"))  # built by the training run
+    shutil.copy(cache, tmp_path / cache.name)
+    faces = AlignedFaces(items, "reenactor", 32, cache_dir=tmp_path, landmarks=True)
+    assert np.isfinite(faces.landmarks).all()
+    crops, points = faces.crops_with_landmarks([0], torch.Generator().manual_seed(0), {"flip": 1.0})
+    plain, aligned = faces.crops_with_landmarks([0])
+    assert torch.allclose(crops, plain.flip(-1), atol=1e-5)
+    assert np.allclose(points[0], np.stack([31 - aligned[0][:, 0], aligned[0][:, 1]], 1)[FLIP_68], atol=1e-4)
+    assert points[0, 36, 0] < points[0, 45, 0]  # still image-left eye first after mirroring
+    # A cache written before landmarks were stored loads as it is for tasks that need no landmarks.
+    np.savez(tmp_path / cache.name, images=faces.images, detected=faces.detected)
+    again = AlignedFaces(items, "reenactor", 32, cache_dir=tmp_path)
+    assert again.landmarks is None and np.array_equal(again.images, faces.images)
+    with pytest.raises(ValueError, match="landmarks=True"):
+        again.crops_with_landmarks([0])
+
+
+def test_nme_of_landmarks_to_themselves_is_zero_and_scales_with_the_error():
+    landmarks = np.random.default_rng(0).uniform(20, 100, size=(68, 2))
+    landmarks[36:42], landmarks[42:48] = [40.0, 50.0], [80.0, 50.0]  # eye centres 40 px apart
+    assert landmark_nme(landmarks, landmarks) == 0.0
+    assert landmark_nme(landmarks + [4.0, 0.0], landmarks) == pytest.approx(0.1)
+
+
+def test_identical_output_has_zero_identity_distance_and_zero_nme(einstein):
+    image, _ = einstein
+    detector = FaceDetector(landmarks="68")
+    crop = extract_crops(image, detect_crops(image, detector, "reenactor", 128))[0]
+    # What the evaluation sees: the crop upscaled to 256 for detection, landmarks scaled back.
+    frame = to_uint8(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], scale_factor=2, mode="bicubic", align_corners=False)[0].permute(1, 2, 0))
+    face = max(detector.detect(frame), key=lambda f: f.area)
+    found, distance, nme = measure_output(crop, face.landmarks / 2, dlib_embedding(frame, face), detector)
+    assert found and distance == pytest.approx(0.0, abs=1e-6) and nme == pytest.approx(0.0, abs=1e-9)
+    lost = measure_output(torch.zeros(128, 128, 3), face.landmarks / 2, dlib_embedding(frame, face), detector)
+    assert lost[0] is False and np.isnan(lost[1]) and np.isnan(lost[2])
+
+
+def test_pairs_are_different_people_and_fixed_by_the_seed():
+    people = ["a", "a", "b", "c", "c", "d"]
+    first = list(different_person_pairs(people, seed=3))
+    assert first == list(different_person_pairs(people, seed=3)) != list(different_person_pairs(people, seed=4))
+    assert len(first) == len(set(first)) == 36 - (4 + 1 + 4 + 1)  # every ordered pair of different people, once
+    assert all(people[i] != people[j] for i, j in first)
+
+
+def test_summary_counts_missing_output_faces_as_failures():
+    rows = [PairResult("lfw_test", "s", "d", True, 0.4, 0.8, 0.05), PairResult("lfw_test", "s", "d", False, float("nan"), 0.8, float("nan"))]
+    summary = summarize(rows)["all"]
+    assert summary["identity_kept"] == 0.5 and summary["pose_followed"] == 0.5 and summary["mean_nme"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("architecture", ["age_resnet", "aifd_encoder"])
+def test_perceptual_term_uses_a_frozen_project_network(tmp_path, architecture):
+    from age_reenact.aifd.encoder import AIFDEncoder
+    from age_reenact.estimator.resnet import AgeResNet
+    from age_reenact.weights import save_weights
+    from training.reenactor import PerceptualLoss
+
+    torch.manual_seed(0)
+    if architecture == "age_resnet":
+        config = {"block": "basic", "layers": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "stem_width": 8, "num_ages": 102, "norm": "batch"}
+        network, preprocessing = AgeResNet(**config), {"size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
+    else:
+        config = {"depth": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "embedding_dim": 64, "input_size": 64}
+        network, preprocessing = AIFDEncoder(**config), {}
+    path = save_weights(tmp_path / "net.safetensors", network.state_dict(), architecture, config, preprocessing)
+    loss = PerceptualLoss(path).train()
+    assert not loss.stages.training and not any(p.requires_grad for p in loss.parameters())
+    real = torch.rand(2, 3, 32, 32)
+    fake = torch.rand(2, 3, 32, 32, requires_grad=True)
+    assert loss(real, real).item() == 0.0
+    value = loss(fake, real)
+    value.backward()
+    assert value.item() > 0 and fake.grad.abs().sum() > 0
+    assert architecture in loss.name
+
+
+def test_aifd_identity_takes_reenactor_crops():
+    from age_reenact.aifd.encoder import AIFDEncoder
+    from age_reenact.reenact.identity import AIFDIdentity
+
+    identity = AIFDIdentity(AIFDEncoder(depth=[1, 1, 1, 1], widths=[16, 32, 64, 128], embedding_dim=64, input_size=64))
+    codes = identity(torch.rand(3, 3, 128, 128))
+    assert codes.shape == (3, identity.output_dim) == (3, 64)
+    assert torch.allclose(codes.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_aifd_identity_code_and_perceptual_network_plug_into_training(tiny_data, straight_run, tmp_path):
+    from age_reenact.aifd.encoder import AIFDEncoder
+    from age_reenact.estimator.resnet import AgeResNet
+    from age_reenact.evaluation.reenact_eval import load_for_evaluation
+    from age_reenact.weights import WeightsError, save_weights
+
+    aifd_config = {"depth": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "embedding_dim": 64, "input_size": 64}
+    aifd = save_weights(tmp_path / "aifd.safetensors", AIFDEncoder(**aifd_config).state_dict(), "aifd_encoder", aifd_config)
+    age_config = {"block": "basic", "layers": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "stem_width": 8, "num_ages": 102, "norm": "batch"}
+    age = save_weights(tmp_path / "age.safetensors", AgeResNet(**age_config).state_dict(), "age_resnet", age_config, {"size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
+    out = tmp_path / "run"
+    train(tiny_data, out, "--steps", "1", "--aifd-encoder", str(aifd), "--perceptual", str(age), "--export-dtype", "fp16")
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "age_resnet features (age.safetensors)" in card and "`aifd`" in card and "fp16" in card
+    with pytest.raises(WeightsError, match="AIFD encoder"):
+        load_for_evaluation(out / "reenactor.safetensors")
+    reenactor = load_for_evaluation(out / "reenactor.safetensors", aifd)
+    assert reenactor.model.identity_source == "aifd" and reenactor.identity(torch.rand(1, 32, 32, 3)).shape == (1, 64)

@@ -1,0 +1,121 @@
+"""AgeTransGAN training losses (training only: nothing here runs at inference, so it stays out of the pack).
+
+Generator, for a source I_s of group s turned into Î_t = G(I_s, t) and back, Ĩ_s = G(Î_t, s):
+    adversarial    softplus(-D(Î_t, t))                       non-saturating
+    age_d          CE(C_a(Î_t), t)                            the discriminator's embedded classifier
+    age_estimator  -log P_est(group t | Î_t)                  the frozen age estimator's group probability
+    cycle          |Ĩ_s - I_s|_1                              back to the source group
+    mi             1 - cos(E_A(I_s), E_A(Î_t))               the frozen AIFD encoder, on the 112 resize
+Discriminator: softplus(D(Î_t, t)) + softplus(-D(I_s, s)) + CE(C_a(I_s), s), plus lazy R1 on the reals.
+Every weight is a field of `LossWeights`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from age_reenact.aifd.mi_loss import MILoss
+from age_reenact.estimator.predict import AgeEstimator, prepare, readouts
+
+
+@dataclass
+class LossWeights:
+    adversarial: float = 1.0
+    age_d: float = 1.0  # generator side: C_a on the outputs
+    age_d_real: float = 1.0  # discriminator side: C_a on the real faces
+    age_estimator: float = 1.0
+    cycle: float = 10.0
+    mi: float = 1.0
+    r1: float = 1.0  # gamma: the penalty is gamma / 2 * |grad D(real)|^2
+    r1_every: int = 16  # lazy regularisation: every N steps, scaled by N
+
+
+class EstimatorGroupLoss(nn.Module):
+    """-log P(target group) from a frozen age estimator on generated faces.
+
+    The estimator must read AgeTransGAN-aligned crops: generated faces are only resized (no re-detection)."""
+
+    def __init__(self, estimator: AgeEstimator):
+        super().__init__()
+        if estimator.convention != "agetransgan":
+            raise ValueError(
+                f"{estimator.name} reads '{estimator.convention}'-aligned faces; training compares it with generated "
+                "AgeTransGAN crops without re-detection, so it needs an estimator trained with --convention agetransgan."
+            )
+        self.model = estimator.model.eval().requires_grad_(False)
+        self.preprocessing = estimator.preprocessing
+
+    def train(self, mode: bool = True) -> "EstimatorGroupLoss":
+        super().train(mode)
+        self.model.eval()  # frozen: BatchNorm running statistics stay as trained
+        return self
+
+    def group_probabilities(self, faces: torch.Tensor) -> torch.Tensor:
+        """Generated faces [B, 3, H, H] in [-1, 1] -> group probabilities [B, G] (differentiable)."""
+        logits = self.model(prepare((faces + 1) / 2, self.preprocessing))
+        return readouts(logits, self.model.ages.to(logits.device)).group_probabilities
+
+    def forward(self, faces: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probabilities = self.group_probabilities(faces)
+        return -(probabilities.gather(1, target[:, None])[:, 0].clamp(min=1e-6)).log().mean()
+
+
+def generator_losses(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    source: torch.Tensor,
+    source_group: torch.Tensor,
+    target_group: torch.Tensor,
+    noise: tuple[list[torch.Tensor], list[torch.Tensor]],
+    estimator: EstimatorGroupLoss | None,
+    mi: MILoss | None,
+    group_count: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Unweighted generator loss terms (fp32 scalars) and the generated faces Î_t.
+
+    Call inside the run's autocast; `noise` holds the noise of the forward and of the cycle pass."""
+    target_code = F.one_hot(target_group, group_count).float()
+    fake = generator(source, target_code, noise[0])
+    back = generator(fake, F.one_hot(source_group, group_count).float(), noise[1])
+    score, logits = discriminator(fake, target_code)
+    losses = {
+        "adversarial": F.softplus(-score).mean(),
+        "age_d": F.cross_entropy(logits.float(), target_group),
+        "cycle": (back.float() - source.float()).abs().mean(),
+    }
+    # The frozen networks resize with antialiasing, which CPU autocast has no bf16 kernel for.
+    if estimator is not None:
+        losses["age_estimator"] = estimator(fake.float(), target_group)
+    if mi is not None:
+        losses["mi"] = mi(source, fake.float())
+    return losses, fake
+
+
+def discriminator_losses(
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    real_group: torch.Tensor,
+    fake: torch.Tensor,
+    fake_group: torch.Tensor,
+    group_count: int,
+    r1: bool,
+) -> dict[str, torch.Tensor]:
+    """Unweighted discriminator terms; with `r1`, the real images' gradient penalty |grad D(real)|^2 too."""
+    real = real.detach().requires_grad_(r1)
+    real_score, real_logits = discriminator(real, F.one_hot(real_group, group_count).float())
+    fake_score, _ = discriminator(fake.detach(), F.one_hot(fake_group, group_count).float())
+    losses = {
+        "d_adversarial": F.softplus(fake_score).mean() + F.softplus(-real_score).mean(),
+        "d_age": F.cross_entropy(real_logits.float(), real_group),
+    }
+    if r1:
+        (grad,) = torch.autograd.grad(real_score.float().sum(), real, create_graph=True)
+        losses["r1"] = grad.float().pow(2).flatten(1).sum(1).mean()
+    return losses
+
+
+def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    return sum(weights[name] * value for name, value in losses.items())

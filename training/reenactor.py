@@ -1,0 +1,559 @@
+"""Train the dual-generator reenactor (face generator RFG + shape generator IDSG) on LFW and UTKFace.
+
+    python -m training reenactor --lfw ../shared/data/lfw --utkface ../shared/data/utkface-part1 --out runs/reenactor [--nproc 2]
+
+Face generator, by reconstruction: the sketch of face A (its 68 landmarks drawn by sketch.py) and the
+style of image B give A back. B is another photo of the same person (LFW `train` people with two or
+more detected faces) or a jittered, colour-shifted copy of A (UTKFace `train`). Losses: L1, a perceptual
+term, and a sketch-conditioned patch discriminator (non-saturating, lazy R1 on real faces); the
+exported face generator is an exponential moving average (EMA) of the trained one.
+
+Perceptual term: feature L1 through a trained project network given with --perceptual (an age
+estimator "age_resnet" file or an AIFD encoder file, frozen); without one, a multi-scale L1 + SSIM loss
+stands in (no trained project network existed when this task was written).
+
+Shape generator, on the same batch's aligned landmark sets: landmarks of A + the identity code of B
+(the same person) give A's landmarks back (reconstruction); the landmarks of another row's person
+under that code give a shape that a landmark discriminator takes for real, that the landmark
+classifier takes for A's person (LFW identities only: UTKFace faces have none), that keeps the
+driver's landmark code, and that the driver's own code maps back to the driver (cycle). The identity
+code is the AIFD embedding of B with --aifd-encoder (identity_source "aifd"), otherwise B's style code
+(identity_source "style": the model needs no other file; at inference the EMA style encoder gives it).
+
+Every --sample-every steps, samples/step_NNNNNN.png shows rows of (source, sketch, output, target):
+four same-person reconstructions, then four different-person reenactments through the shape
+generator (target = the driver). The run folder gets reenactor.safetensors and MODEL_CARD.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from age_reenact.aifd.encoder import load_encoder
+from age_reenact.aifd.similarity import UNIT, encoder_input
+from age_reenact.estimator.predict import prepare
+from age_reenact.images import save_image
+from age_reenact.labels import read_labels
+from age_reenact.reenact.convert import PREPROCESSING
+from age_reenact.reenact.identity import AIFDIdentity
+from age_reenact.reenact.model import DualGeneratorReenactor
+from age_reenact.reenact.sketch import rebuild_eyelids, render_sketches
+from age_reenact.weights import build_model, read_weights, save_weights
+
+from .engine import Context, RunConfig, Task, _unwrap, run
+from .face_data import AlignedFaces
+from .identity_data import lfw_items
+
+CONVENTION = "reenactor"
+BUNDLE_LIMIT_MB = 25.0
+# Model widths; "small" fits the 25 MB bundle limit in fp32, "medium" with --export-dtype fp16.
+PRESETS = {
+    "tiny": {"size": 32, "style_dim": 8, "base_channels": 8, "max_conv_dim": 16},
+    "small": {"size": 128, "style_dim": 64, "base_channels": 32, "max_conv_dim": 128},
+    "medium": {"size": 128, "style_dim": 64, "base_channels": 32, "max_conv_dim": 256},
+}
+JITTER_TARGET = {"rotate": 5, "scale": 0.05, "shift": 0.03, "flip": 0.5}
+JITTER_STYLE = {"rotate": 5, "scale": 0.05, "shift": 0.03, "flip": 0.5, "color": 0.1}
+JITTER_COPY = {"rotate": 10, "scale": 0.08, "shift": 0.05, "flip": 0.5, "color": 0.15, "grey": 0.05}
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class FaceItem:
+    path: Path
+    person: int  # LFW identity (index into the people kept), -1 for UTKFace
+    split: str  # "train", or "val" (UTKFace val: validation metrics and samples only)
+
+
+def reenactor_items(lfw: str | Path, utkface: str | Path | None, limit: int = 0, val_faces: int = 64) -> list[FaceItem]:
+    """LFW `train` people with two or more photos, then UTKFace `train`, then up to `val_faces` UTKFace
+    `val` faces. `limit` keeps the first N photos of each set (smoke runs)."""
+    by_person: dict[str, list[Path]] = {}
+    for item in lfw_items(lfw, "train"):
+        by_person.setdefault(item.person, []).append(item.path)
+    photos = [(name, path) for name, paths in sorted(by_person.items()) if len(paths) >= 2 for path in paths]
+    photos = photos[:limit] if limit else photos
+    names = {name: index for index, name in enumerate(sorted({name for name, _ in photos}))}
+    items = [FaceItem(path, names[name], "train") for name, path in photos]
+    if utkface:
+        rows = read_labels(utkface, Path(utkface) / "labels.csv")
+        train = [r for r in rows if r.split == "train"]
+        items += [FaceItem(r.path, -1, "train") for r in (train[:limit] if limit else train)]
+        items += [FaceItem(r.path, -1, "val") for r in rows if r.split == "val"][:val_faces]
+    return items
+
+
+class FaceReconstructor(nn.Module):
+    """The face generator as trained, sketch + style image -> face, so DDP sees one forward per step."""
+
+    def __init__(self, rfg: nn.Module):
+        super().__init__()
+        self.rfg = rfg
+
+    def forward(self, sketches: torch.Tensor, style_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        style = self.rfg.style_encoder(style_images)
+        return self.rfg.generator(sketches, style), style
+
+
+class PatchDiscriminator(nn.Module):
+    """Real/fake logits per patch of a face, given the sketch it was drawn from ([B, 3+3, S, S] in)."""
+
+    def __init__(self, channels: int = 32, downsamples: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim_in = 6
+        for level in range(downsamples):
+            dim_out = channels * 2**level
+            layers += [nn.Conv2d(dim_in, dim_out, 4, 2, 1), nn.LeakyReLU(0.2)]
+            dim_in = dim_out
+        layers += [nn.Conv2d(dim_in, dim_in, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(dim_in, 1, 3, 1, 1)]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, faces: torch.Tensor, sketches: torch.Tensor) -> torch.Tensor:
+        return self.main(torch.cat([faces, sketches], dim=1))
+
+
+class ShapeCycle(nn.Module):
+    """The IDSG generator as trained: reconstruction, cross-identity shape and its cycle in one forward."""
+
+    def __init__(self, idsg: nn.Module):
+        super().__init__()
+        self.encoder = idsg.lm_linear_encoder
+        self.decoder = idsg.linear_decoder
+
+    def forward(self, driver: torch.Tensor, identity: torch.Tensor, other: torch.Tensor, other_identity: torch.Tensor):
+        """driver [B, 136] with its own person's code; other: another person's landmarks and code."""
+        reconstruction = self.decoder(self.encoder(driver), identity)
+        other_code = self.encoder(other)
+        cross = self.decoder(other_code, identity)  # other's pose and expression, driver's person
+        cross_code = self.encoder(cross)
+        cycle = self.decoder(cross_code, other_identity)
+        return reconstruction, cross, cycle, cross_code, other_code
+
+
+class LandmarkCritic(nn.Module):
+    """IDSG's landmark discriminator and identity classifier (logits, not the inference sigmoid)."""
+
+    def __init__(self, idsg: nn.Module):
+        super().__init__()
+        self.discriminator = idsg.linear_discriminator
+        self.classifier = idsg.linear_classfier
+
+    def forward(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.discriminator(landmarks), self.classifier.main_3(self.classifier.main(landmarks))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM of images in 0..1 with a box window."""
+    pool = lambda t: F.avg_pool2d(t, window, 1, window // 2, count_include_pad=False)  # noqa: E731
+    mu_x, mu_y = pool(x), pool(y)
+    var_x, var_y, cov = pool(x * x) - mu_x**2, pool(y * y) - mu_y**2, pool(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def multiscale_l1_ssim(fake: torch.Tensor, real: torch.Tensor, scales: int = 3) -> torch.Tensor:
+    fake, real = fake.float(), real.float()
+    loss = fake.new_zeros(())
+    for scale in range(scales):
+        if scale:
+            fake, real = F.avg_pool2d(fake, 2), F.avg_pool2d(real, 2)
+        loss = loss + (fake - real).abs().mean() + (1 - ssim(fake, real)).mean()
+    return loss / scales
+
+
+class PerceptualLoss(nn.Module):
+    """Feature L1 through a frozen trained project network (age_resnet or aifd_encoder file); without a
+    file, multi-scale L1 + SSIM."""
+
+    def __init__(self, path: str | Path | None = None):
+        super().__init__()
+        self.stages: nn.ModuleList | None = None
+        self.name = "multiscale_l1_ssim (no feature network)"
+        if not path:
+            return
+        weights = read_weights(path, ("age_resnet", "aifd_encoder"))
+        network = build_model(weights).requires_grad_(False)
+        self.name = f"{weights.architecture} features ({Path(path).name})"
+        if weights.architecture == "age_resnet":
+            body = network.backbone
+            stages = [nn.Sequential(body.conv1, body.bn1, body.relu), nn.Sequential(body.maxpool, body.layer1)]
+            stages += [getattr(body, f"layer{i}") for i in range(2, body.num_stages + 1)]
+            preprocessing = weights.preprocessing
+            self.prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: prepare(x, preprocessing)
+        else:
+            stages = [network.input_layer, *(getattr(network, f"block{i}") for i in range(1, 5))]
+            self.prepare = lambda x: encoder_input(x, UNIT, network.input_size)
+        self.stages = nn.ModuleList(stages).eval()
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        return super().train(False)  # frozen batch-norm statistics, always
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        if self.stages is None:
+            return multiscale_l1_ssim(fake, real)
+        x = self.prepare(torch.cat([fake, real]))
+        loss = fake.new_zeros((), dtype=torch.float32)
+        for stage in self.stages:
+            x = stage(x)
+            fake_features, real_features = x.float().chunk(2)
+            loss = loss + (fake_features - real_features.detach()).abs().mean()
+        return loss / len(self.stages)
+
+
+def point_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean per-point Euclidean distance of flattened landmark sets [B, 136]."""
+    return (a - b).view(len(a), -1, 2).norm(dim=-1).mean()
+
+
+def identity_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the rows with an identity (label >= 0); zero, still connected to the
+    classifier (which DDP needs), when there are none."""
+    return F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / (labels >= 0).sum().clamp(min=1)
+
+
+def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+class ReenactorTask(Task):
+    name = "reenactor"
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.preset = PRESETS[args.preset]
+        self.size = self.preset["size"]
+
+    # ---- data -------------------------------------------------------------------------------------
+    def _setup_data(self, ctx: Context) -> None:
+        args = self.args
+        items = reenactor_items(args.lfw, args.utkface, args.limit, args.val_faces)
+        self.faces = AlignedFaces(items, CONVENTION, self.size, cache_dir=args.cache_dir, landmarks=True)
+        found = np.isfinite(self.faces.landmarks).all(axis=(1, 2))  # only detected faces have a sketch
+        person = np.array([i.person for i in items])
+        split = np.array([i.split for i in items])
+        # People keep the photos with a detected face, and need two of them; labels renumbered 0..P-1.
+        counts = np.bincount(person[found & (person >= 0)], minlength=max(1, person.max() + 1))
+        kept = np.flatnonzero(counts >= 2)
+        relabel = np.full(len(counts), -1)
+        relabel[kept] = np.arange(len(kept))
+        self.identity = np.where(found & (person >= 0), relabel[person.clip(min=0)], -1)
+        self.num_identities = len(kept)
+        if not self.num_identities:
+            raise ValueError("no LFW train person with two or more detected faces: check --lfw (or raise --limit).")
+        self.lfw_index = np.flatnonzero(self.identity >= 0)
+        self.copy_index = np.flatnonzero(found & (person < 0) & (split == "train"))
+        self.train_index = np.concatenate([self.lfw_index, self.copy_index])
+        self.val_index = np.flatnonzero(found & (split == "val"))
+        self.same_person = {p: self.lfw_index[self.identity[self.lfw_index] == p] for p in range(self.num_identities)}
+        if ctx.is_main:
+            print(
+                f"{len(self.lfw_index)} LFW faces of {self.num_identities} people, {len(self.copy_index)} UTKFace train faces, "
+                f"{len(self.val_index)} val faces; {int((~found).sum())} images without a detected face left out"
+            )
+
+    def partners(self, index: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        """Another photo of the same person for LFW faces; the face itself for UTKFace (augmented later)."""
+        out = index.copy()
+        for row, face in enumerate(index):
+            if self.identity[face] >= 0:
+                others = self.same_person[self.identity[face]]
+                others = others[others != face]
+                out[row] = others[int(torch.randint(len(others), (1,), generator=generator))]
+        return out
+
+    def style_images(self, index: np.ndarray, partner: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        copies = self.identity[index] < 0
+        images = torch.empty(len(index), 3, self.size, self.size)
+        if (~copies).any():
+            images[torch.from_numpy(~copies)] = self.faces.crops(partner[~copies], generator, JITTER_STYLE)
+        if copies.any():
+            images[torch.from_numpy(copies)] = self.faces.crops(index[copies], generator, JITTER_COPY)
+        return images
+
+    def normalised_landmarks(self, index: np.ndarray) -> torch.Tensor:
+        """Aligned landmarks as the shape generator takes them: crop pixels / size, flattened [B, 136]."""
+        return torch.from_numpy(self.faces.aligned_landmarks(index) / self.size).float().flatten(1)
+
+    # ---- models -----------------------------------------------------------------------------------
+    def setup(self, ctx: Context) -> None:
+        args = self.args
+        self._setup_data(ctx)
+        self.aifd = aifd = AIFDIdentity(load_encoder(args.aifd_encoder)).to(ctx.device) if args.aifd_encoder else None
+        self.config = {
+            **self.preset,
+            "identity_dim": aifd.output_dim if aifd else self.preset["style_dim"],
+            "identity_source": "aifd" if aifd else "style",
+            "num_identities": self.num_identities,
+        }
+        self.model = DualGeneratorReenactor(**self.config).to(ctx.device)
+        self.model.rfg.generator.to_rgb_lm.requires_grad_(False)  # unused (kept for official weights): DDP wants grads for all others
+        self.ema = copy.deepcopy(self.model.rfg).requires_grad_(False).eval()
+        self.identity_fn: Callable[[torch.Tensor], torch.Tensor] = aifd if aifd is not None else self.ema.style_encoder
+        self.disc_module = PatchDiscriminator(args.disc_channels).to(ctx.device)
+        self.generator_net = ctx.wrap(FaceReconstructor(self.model.rfg))
+        self.disc = ctx.wrap(self.disc_module)
+        self.shape_net = ctx.wrap(ShapeCycle(self.model.idsg))
+        self.critic = ctx.wrap(LandmarkCritic(self.model.idsg))
+        self.perceptual = PerceptualLoss(args.perceptual).to(ctx.device)
+        if ctx.is_main:
+            print(f"perceptual term: {self.perceptual.name}; identity code: {self.config['identity_source']}")
+        betas = (0.0, 0.99)
+        self.opt_g = torch.optim.Adam(self.model.rfg.parameters(), lr=args.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.disc_module.parameters(), lr=args.lr, betas=betas)
+        self.opt_shape = torch.optim.Adam(self.shape_net.parameters(), lr=args.shape_lr, betas=(0.5, 0.999))
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=args.shape_lr, betas=(0.5, 0.999))
+        self.samples = self._sample_faces()
+
+    def state(self) -> dict:
+        return {
+            "model": self.model, "ema": self.ema, "disc": self.disc_module,
+            "opt_g": self.opt_g, "opt_d": self.opt_d, "opt_shape": self.opt_shape, "opt_critic": self.opt_critic,
+        }
+
+    # ---- training ---------------------------------------------------------------------------------
+    def train_step(self, ctx: Context) -> dict[str, float]:
+        generator = ctx.generator()
+        index = ctx.epoch_batch(self.train_index)
+        partner = self.partners(index, generator)
+        targets, points = self.faces.crops_with_landmarks(index, generator, JITTER_TARGET)
+        style_images = self.style_images(index, partner, generator).to(ctx.device)
+        losses, style = self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images)
+        if self.aifd is not None:
+            with torch.no_grad(), ctx.autocast():
+                identity = self.aifd(style_images).float()
+        else:
+            identity = style.detach().float()  # the style code of B (the EMA encoder's at inference)
+        losses.update(self._shape_step(ctx, index, identity))
+        self._update_ema(ctx.step)
+        if ctx.is_main and self.args.sample_every and (ctx.step + 1) % self.args.sample_every == 0:
+            self.write_samples(ctx.out_dir / "samples" / f"step_{ctx.step + 1:06d}.png", ctx.device)
+        return losses
+
+    def _r1_due(self, ctx: Context) -> bool:
+        return self.args.r1_gamma > 0 and ctx.step % max(1, self.args.r1_every) == 0
+
+    def _face_step(self, ctx: Context, targets: torch.Tensor, sketches: torch.Tensor, style_images: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """One discriminator and one generator update on (target A, sketch of A, style image B); returns
+        the losses and B's style codes."""
+        args = self.args
+        with ctx.autocast():
+            fake, style = self.generator_net(sketches, style_images)
+
+        # Discriminator: real faces vs reconstructions, both with their sketch; lazy R1 (in fp32) on real.
+        self.disc_module.requires_grad_(True)
+        r1_due = self._r1_due(ctx)
+        real = targets.detach().requires_grad_(r1_due)
+        with ctx.autocast() if not r1_due else torch.autocast(ctx.device.type, enabled=False):
+            logits = self.disc(torch.cat([real, fake.detach().float()]), torch.cat([sketches, sketches])).float()
+        real_logits, fake_logits = logits.chunk(2)
+        d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        out = {"d_loss": d_loss.item()}
+        if r1_due:
+            r1 = r1_penalty(real_logits, real)
+            d_loss = d_loss + args.r1_gamma / 2 * args.r1_every * r1
+            out["r1"] = r1.item()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+
+        # Generator (and style encoder): reconstruction + perceptual + adversarial (through the plain D).
+        self.disc_module.requires_grad_(False)
+        with ctx.autocast():
+            adversarial = F.softplus(-self.disc_module(fake, sketches).float()).mean()
+            perceptual = self.perceptual(fake, targets)
+        l1 = (fake.float() - targets).abs().mean()
+        g_loss = args.l1_weight * l1 + args.perceptual_weight * perceptual + args.adv_weight * adversarial
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return {**out, "l1": l1.item(), "perceptual": perceptual.item(), "g_adv": adversarial.item()}, style
+
+    def _shape_step(self, ctx: Context, index: np.ndarray, identity: torch.Tensor) -> dict[str, float]:
+        """IDSG on the batch's aligned landmark sets, with the identity codes of their style images (the
+        same person: another LFW photo, or the augmented copy). Only LFW faces carry identity labels."""
+        args = self.args
+        driver = self.normalised_landmarks(index).to(ctx.device)
+        labels = torch.from_numpy(self.identity[index]).to(ctx.device)
+        # The other person of each row is the previous row's, with that person's own identity code.
+        other, other_identity = driver.roll(1, 0), identity.roll(1, 0)
+        reconstruction, cross, cycle, cross_code, other_code = self.shape_net(driver, identity, other, other_identity)
+
+        critic = _unwrap(self.critic)
+        critic.requires_grad_(True)
+        r1_due = self._r1_due(ctx)
+        real = driver.detach().requires_grad_(r1_due)
+        d_logits, class_logits = self.critic(torch.cat([real, cross.detach()]))
+        real_logits, fake_logits = d_logits.chunk(2)
+        critic_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean() + identity_loss(class_logits[: len(index)], labels)
+        if r1_due:
+            critic_loss = critic_loss + args.r1_gamma / 2 * args.r1_every * r1_penalty(real_logits, real)
+        self.opt_critic.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.opt_critic.step()
+
+        critic.requires_grad_(False)
+        fake_logits, fake_class = critic(cross)
+        adversarial = F.softplus(-fake_logits).mean()
+        classification = identity_loss(fake_class, labels)
+        rec, cyc = point_error(reconstruction, driver), point_error(cycle, other)
+        consistency = (cross_code - other_code).abs().mean()
+        loss = args.landmark_weight * (rec + cyc) + consistency + args.adv_weight * adversarial + classification
+        self.opt_shape.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_shape.step()
+        return {
+            "shape_rec": rec.item(), "shape_cycle": cyc.item(), "shape_code": consistency.item(),
+            "shape_adv": adversarial.item(), "shape_cls": classification.item(), "critic_loss": critic_loss.item(),
+        }
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        decay = min(self.args.ema_decay, (1 + step) / (10 + step))  # short memory early, when G moves fast
+        for averaged, current in zip(self.ema.parameters(), self.model.rfg.parameters()):
+            averaged.lerp_(current, 1 - decay)
+        for averaged, current in zip(self.ema.buffers(), self.model.rfg.buffers()):
+            averaged.copy_(current)
+
+    # ---- samples, validation, export --------------------------------------------------------------
+    def _sample_faces(self) -> dict[str, np.ndarray]:
+        """Fixed faces for the sample grids: 4 LFW same-person pairs, 4 (source, driver) pairs of val faces."""
+        people = list(self.same_person.values())[:4]
+        pool = self.val_index if len(self.val_index) >= 2 else self.train_index
+        cross = pool[: 2 * min(4, len(pool) // 2)]
+        return {"target": np.array([p[0] for p in people]), "source": np.array([p[1] for p in people]), "cross_source": cross[0::2], "driver": cross[1::2]}
+
+    @torch.no_grad()
+    def reenact_faces(self, source: np.ndarray, driver: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """EMA model, absolute mode, on cached faces: (source crops, sketches, outputs, target landmarks px)."""
+        sources = self.faces.crops(source).to(device)
+        driving = self.faces.aligned_landmarks(driver) / self.size
+        identity = self.identity_fn(sources).float()
+        shaped = self.model.idsg(torch.from_numpy(driving).float().flatten(1).to(device), identity).double().cpu().numpy().reshape(-1, 68, 2)
+        target = rebuild_eyelids(shaped, driving) * self.size
+        sketches = render_sketches(target, self.size).to(device)
+        return sources, sketches, self.ema.generator(sketches, self.ema.style_encoder(sources)).float(), target
+
+    @torch.no_grad()
+    def write_samples(self, path: Path, device: torch.device) -> None:
+        """Rows of (source, sketch, output, target): reconstructions, then reenactments (target = driver)."""
+        s = self.samples
+        targets, points = self.faces.crops_with_landmarks(s["target"])
+        sources = self.faces.crops(s["source"]).to(device)
+        sketches = render_sketches(points, self.size).to(device)
+        rows = [torch.stack([sources, sketches, self.ema.generator(sketches, self.ema.style_encoder(sources)).float(), targets.to(device)], 1)]
+        if len(s["driver"]):
+            cross_sources, cross_sketches, outputs, _ = self.reenact_faces(s["cross_source"], s["driver"], device)
+            rows.append(torch.stack([cross_sources, cross_sketches, outputs, self.faces.crops(s["driver"]).to(device)], 1))
+        grid = torch.cat(rows).clamp(0, 1).cpu()  # [rows, 4, 3, S, S]
+        grid = grid.permute(0, 3, 1, 4, 2).reshape(grid.shape[0] * self.size, 4 * self.size, 3)
+        save_image(grid, path)
+
+    @torch.no_grad()
+    def evaluate(self, ctx: Context) -> dict[str, float]:
+        """Val faces (UTKFace val): EMA self-reconstruction L1, and the shape generator's
+        self-reconstruction error in inter-ocular distances (eye centres)."""
+        if not len(self.val_index):
+            return {}
+        index = self.val_index[:64]
+        crops, points = self.faces.crops_with_landmarks(index)
+        crops = crops.to(ctx.device)
+        sketches = render_sketches(points, self.size).to(ctx.device)
+        with ctx.autocast():
+            fake = self.ema.generator(sketches, self.ema.style_encoder(crops)).float()
+        driving = self.normalised_landmarks(index).to(ctx.device)
+        shaped = self.model.idsg(driving, self.identity_fn(crops).float()).view(-1, 68, 2)
+        driving = driving.view(-1, 68, 2)
+        inter_ocular = (driving[:, 42:48].mean(1) - driving[:, 36:42].mean(1)).norm(dim=-1)
+        nme = ((shaped - driving).norm(dim=-1).mean(1) / inter_ocular).mean()
+        return {"val_l1": float((fake - crops).abs().mean()), "val_shape_nme": float(nme)}
+
+    def export(self, ctx: Context, path: Path) -> None:
+        args = self.args
+        model = DualGeneratorReenactor(**self.config)
+        model.idsg.load_state_dict(self.model.idsg.state_dict())
+        model.rfg.load_state_dict(self.ema.state_dict())
+        dtype = EXPORT_DTYPES[args.export_dtype]
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        provenance = {
+            "command": "python -m training reenactor " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+            "steps": ctx.step, "batch_size": ctx.config.batch_size, "preset": args.preset,
+            "data": {"lfw_faces": int(len(self.lfw_index)), "lfw_people": self.num_identities, "utkface_faces": int(len(self.copy_index))},
+            "perceptual": self.perceptual.name, "identity_source": self.config["identity_source"], "ema": "face generator and style encoder",
+        }
+        file = save_weights(path / "reenactor.safetensors", state, "dual_generator_reenactor", self.config, {**PREPROCESSING, "size": self.size}, provenance)
+        megabytes = file.stat().st_size / 1e6
+        if megabytes > BUNDLE_LIMIT_MB:
+            print(f"warning: {file.name} is {megabytes:.1f} MB, over the {BUNDLE_LIMIT_MB:.0f} MB bundle limit; use --export-dtype fp16 or a smaller --preset")
+        (path / "MODEL_CARD.md").write_text(model_card(self.config, provenance, megabytes, sum(v.numel() for v in state.values()), args.export_dtype))
+
+
+IDENTITY_NOTES = {
+    "style": "the model's own style encoder: no other file needed",
+    "aifd": "the pack's AIFD encoder embedding: load that encoder with the model",
+}
+
+
+def model_card(config: dict, provenance: dict, megabytes: float, parameters: int, dtype: str) -> str:
+    data = provenance["data"]
+    return f"""# AgeReenact dual-generator reenactor ({config['size']} px)
+
+- Architecture: `dual_generator_reenactor` (shape generator `idsg.*`, face generator `rfg.*`; EMA face generator).
+- Config: `{json.dumps(config, sort_keys=True)}`
+- File: reenactor.safetensors, {megabytes:.1f} MB ({parameters / 1e6:.2f} M values stored as {dtype}).
+- Identity code of the shape generator: `{config['identity_source']}` ({IDENTITY_NOTES[config['identity_source']]}).
+- Training: {provenance['steps']} steps, batch {provenance['batch_size']}; command `{provenance['command']}`.
+  - Face generator: reconstruction of a face from its landmark sketch and the style of another photo of the
+    same person (LFW) or of an augmented copy (UTKFace); L1, perceptual term: {provenance['perceptual']};
+    sketch-conditioned patch discriminator (non-saturating) with R1 on real faces.
+  - Shape generator: aligned landmark sets of the same faces; reconstruction, cycle, landmark-code
+    consistency, adversarial and (LFW people) identity-classification losses.
+- Data: LFW `train` people with two or more detected faces ({data['lfw_faces']} faces, {data['lfw_people']} people),
+  UTKFace `train` split ({data['utkface_faces']} faces). LFW `test` people and the UTKFace `val`/`test` splits
+  were not trained on (UTKFace `val` faces were used for validation metrics and samples).
+- Landmarks: dlib's 68-point predictor (trained on iBUG 300-W, licensed for non-commercial use only).
+- Licences of the data: LFW (research benchmark), UTKFace (non-commercial research only): use this model
+  for non-commercial research only.
+- Evaluation (identity kept: dlib distance source vs output < 0.6; pose: landmark NME vs the target):
+  `age-reenact evaluate reenactment --model reenactor.safetensors --lfw ../shared/data/lfw --utkface ../shared/data/utkface-part1`
+- Limitations: small and low-resolution ({config['size']} px); absolute mode only as good as the landmark
+  detector; faces far from the frontal poses of LFW/UTKFace are out of distribution.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lfw", required=True, help="LFW folder (people.csv, images/); only `train` people are used")
+    parser.add_argument("--utkface", help="UTKFace folder with labels.csv (train split: augmented-copy pairs; val: validation)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--perceptual", help="age_resnet or aifd_encoder safetensors for the perceptual term; default: multi-scale L1 + SSIM")
+    parser.add_argument("--aifd-encoder", help="AIFD encoder safetensors: the shape generator's identity code (default: the style code)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="face generator, style encoder and discriminator")
+    parser.add_argument("--shape-lr", type=float, default=1e-4, help="shape generator and its critic")
+    parser.add_argument("--l1-weight", type=float, default=10.0)
+    parser.add_argument("--perceptual-weight", type=float, default=2.0)
+    parser.add_argument("--adv-weight", type=float, default=1.0)
+    parser.add_argument("--landmark-weight", type=float, default=100.0, help="shape reconstruction/cycle (distances in crop sizes)")
+    parser.add_argument("--r1-gamma", type=float, default=1.0)
+    parser.add_argument("--r1-every", type=int, default=4, help="lazy R1: every N steps, scaled by N")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--disc-channels", type=int, default=32)
+    parser.add_argument("--sample-every", type=int, default=500, help="write a sample grid PNG every N steps (0 = never)")
+    parser.add_argument("--val-faces", type=int, default=64)
+    parser.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="fp32")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N photos of each dataset (smoke tests)")
+    parser.add_argument("--cache-dir", default="runs/cache")
+
+
+def main(args: argparse.Namespace, config: RunConfig) -> dict:
+    return run(ReenactorTask(args), config)
