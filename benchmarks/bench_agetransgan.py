@@ -91,7 +91,7 @@ def main() -> None:
                     reference = Path(tmp) / f"{size}_fp32_{batch}.pt"
                     accuracy = "(no fp32 row)"
                     if reference.exists():
-                        diff = (torch.load(save) - torch.load(reference)).abs()
+                        diff = (torch.load(save, weights_only=True) - torch.load(reference, weights_only=True)).abs()
                         accuracy = f"{diff.max():.4f} / {diff.mean():.4f}"
                     print(f"| {size} | {precision} | {batch} | {result['wall_ms']:.0f} | {result['cpu_ms']:.0f} | "
                           f"{result['peak_mib']:.0f} | {accuracy} |", flush=True)
