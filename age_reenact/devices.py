@@ -6,6 +6,8 @@ device instead). auto precision: fp16 on CUDA, bf16 on CPUs with native bf16 (AV
 """
 from __future__ import annotations
 
+import platform
+
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -20,6 +22,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU; use 'cpu' or 'auto'.")
     return device
+
+
+def describe_device(device: str | torch.device = "cpu") -> str:
+    """One line for benchmark headers: the GPU's name, or the CPU and its thread count, and torch's version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{name}, torch {torch.__version__}"
 
 
 def cpu_has_fast_bf16() -> bool:

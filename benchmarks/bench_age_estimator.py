@@ -6,11 +6,11 @@ Without --model it times a randomly initialised network of the bundled model's a
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
+from age_reenact.devices import describe_device
 from age_reenact.estimator.predict import AgeEstimator
 from age_reenact.estimator.resnet import AgeResNet
 from training.age_estimator import PRESETS, preprocessing
@@ -38,7 +38,7 @@ def main() -> None:
     else:
         config = argparse.Namespace(convention="agetransgan", size=args.size)
         estimator = AgeEstimator(AgeResNet(**PRESETS[args.preset]), preprocessing(config), f"random {args.preset}")
-    print(f"# {estimator.name}, input {estimator.preprocessing['size']} px, {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# {estimator.name}, input {estimator.preprocessing['size']} px, {describe_device()}")
     print("| batch | fp32 faces/s | bf16 faces/s | bf16 speed-up |")
     print("|---|---|---|---|")
     for batch in (1, 32):

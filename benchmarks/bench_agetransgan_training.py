@@ -15,7 +15,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from age_reenact.aifd.encoder import PREPROCESSING as AIFD_PREPROCESSING
 from age_reenact.aifd.encoder import AIFDEncoder
+from age_reenact.devices import describe_device
 from age_reenact.estimator.resnet import AgeResNet
 from age_reenact.weights import save_weights
 from training.__main__ import build_parser
@@ -77,8 +77,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"# AgeTransGAN training step, {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(f"# AgeTransGAN training step, {describe_device(device)}, batch {args.batch}")
     print("| preset | px | G M params | D M params | dtype | MI loss | step ms | R1 step ms | images/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,7 @@ from age_reenact.agetransgan import AgeTransGAN, AgeTransGANGenerator  # noqa: E
 from age_reenact.agetransgan.convert import preprocessing_for  # noqa: E402
 from age_reenact.aifd.encoder import AIFDEncoder  # noqa: E402
 from age_reenact.chain import ORDERS, ChainSettings, reenact_and_age  # noqa: E402
+from age_reenact.devices import describe_device  # noqa: E402
 from age_reenact.estimator.resnet import AgeResNet  # noqa: E402
 from age_reenact.face.detect import FaceDetector  # noqa: E402
 from age_reenact.reenact import DualGeneratorReenactor, Reenactor  # noqa: E402
@@ -137,8 +138,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; {args.frames} frames of 512x512, chunk {args.chunk}, 1 target group")
+    print(f"device: {describe_device(device)}; {args.frames} frames of 512x512, chunk {args.chunk}, 1 target group")
     for family in ("agetransgan", "reenactor"):
         config, origin = bundled_config(family)
         print(f"{family}: {config} ({origin})")

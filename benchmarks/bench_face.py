@@ -6,18 +6,17 @@ Target (issue 2): crop + paste overhead under 150 ms for a 512 px frame on a 2-c
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from age_reenact.devices import describe_device
 from age_reenact.face.align import fit_to_convention
 from age_reenact.face.crop import crops_from_points, extract_crops
 from age_reenact.face.detect import FaceDetector
 from age_reenact.face.paste import paste_crops
-from age_reenact.face.templates import AGETRANSGAN
+from age_reenact.face.templates import AGETRANSGAN, five_points_from_68
 from age_reenact.images import load_image, to_uint8
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "astronaut.png"
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--upsample", type=int, default=1)
     parser.add_argument("--size", type=int, default=256, help="crop size")
     args = parser.parse_args()
-    print(f"# face geometry, {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, upsample {args.upsample}, crop {args.size}")
+    print(f"# face geometry, {describe_device()}, upsample {args.upsample}, crop {args.size}")
     print("| frame | detect ms | landmarks ms | align ms | crop ms | paste ms | total ms |")
     print("|---|---|---|---|---|---|---|")
     detector = FaceDetector(upsample=args.upsample)
@@ -55,8 +54,6 @@ def main() -> None:
         t_detect, boxes = best_of(args.repeats, lambda: detector.boxes(array))
         box = max(boxes, key=lambda b: (b[0][2] - b[0][0]))[0]
         t_landmarks, landmarks = best_of(args.repeats, lambda: detector.landmarks_in(array, box))
-        from age_reenact.face.templates import five_points_from_68
-
         points5 = five_points_from_68(landmarks)
         t_align, _ = best_of(args.repeats, lambda: fit_to_convention(points5, AGETRANSGAN, args.size))
         face_crop = crops_from_points(tuple(image.shape[1:3]), 1, [0], [landmarks], [points5], "agetransgan", args.size)

@@ -8,12 +8,12 @@ autocast, as a training step would use it. Weights are random: cost does not dep
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
 from age_reenact.aifd import AIFDEncoder, MILoss
+from age_reenact.devices import describe_device
 
 CONFIGS = {
     "ir50": {"depth": 50, "widths": [64, 128, 256, 512], "embedding_dim": 512, "afd_variant": "tpami"},
@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"# MI loss, {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, input {args.input_size}px -> 112")
+    print(f"# MI loss, {describe_device(device)}, batch {args.batch}, input {args.input_size}px -> 112")
     print("| E_A config | params M | dtype | forward ms/img | forward+backward ms/img | peak GPU MiB |")
     print("|---|---|---|---|---|---|")
     generator = torch.Generator().manual_seed(0)

@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from age_reenact.devices import describe_device  # noqa: E402
 from age_reenact.face.align import similarity_transform, transform_points, warp_affine  # noqa: E402
 from age_reenact.face.templates import five_points_from_68  # noqa: E402
 from age_reenact.images import load_image  # noqa: E402
@@ -147,7 +148,7 @@ def main() -> None:
     cpu = device.type == "cpu"
     frames = 8 if args.quick else (16 if cpu else 256)
     batch = 4 if cpu else 16
-    print(f"device: {torch.cuda.get_device_name() if not cpu else f'CPU, {torch.get_num_threads()} threads'}; torch {torch.__version__}")
+    print(f"device: {describe_device(device)}")
     print(f"\nspeed (frames per second; official widths, random weights; {frames} frames, chunk {batch})")
     print(f"{'size':>5} {'precision':>9} {'generator':>10} {'pipeline':>9}")
     for size in (128, 256):
