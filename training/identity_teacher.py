@@ -2,13 +2,12 @@
 
     python -m training.identity_teacher --lfw ../shared/data/lfw --utkface ../shared/data/utkface-part1 --cache-dir runs/cache
 
-Images where HOG finds no face get NaN rows; the cache is written every 500 images, so an interrupted
-run resumes where it stopped.
+Images where HOG finds no face get NaN rows; the cache (one file per cache folder, keyed by image path)
+is written every 500 images, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -23,30 +22,46 @@ from age_reenact.labels import read_labels
 from .identity_data import lfw_items
 
 
-def cache_path(cache_dir: str | Path, paths: Sequence[Path]) -> Path:
-    key = hashlib.sha1("\n".join(str(p) for p in paths).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"dlib_teacher_{key}.npy"
+def cache_path(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "dlib_teacher.npz"
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        return dict(zip(data["paths"].tolist(), data["embeddings"]))
+
+
+def _write_cache(path: Path, known: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, paths=np.array(list(known)), embeddings=np.stack(list(known.values())).astype(np.float32))
+    temporary.replace(path)
 
 
 def teacher_embeddings(paths: Sequence[Path], cache_dir: str | Path, save_every: int = 500) -> np.ndarray:
-    """(N, 128) float32, NaN where no face was found; resumable through the cache file."""
-    path = cache_path(cache_dir, paths)
-    embeddings = np.load(path) if path.is_file() else np.full((len(paths), 128), np.inf, dtype=np.float32)
-    todo = np.flatnonzero(np.isinf(embeddings[:, 0]))  # inf = not computed yet; NaN = no face
-    if len(todo):
+    """(N, 128) float32, NaN where no face was found.
+
+    The cache maps each image path to its embedding, so any subset or new list reuses what was computed
+    before, and an interrupted run resumes where it stopped.
+    """
+    path = cache_path(cache_dir)
+    known = _read_cache(path)
+    keys = [str(Path(p).resolve()) for p in paths]  # the same image from any working directory
+    todo = [key for key in dict.fromkeys(keys) if key not in known]
+    if todo:
         detector = FaceDetector(upsample=1, landmarks="5")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for count, index in enumerate(tqdm(todo, desc="dlib teacher embeddings", dynamic_ncols=True), 1):
+        for count, image_path in enumerate(tqdm(todo, desc="dlib teacher embeddings", dynamic_ncols=True), 1):
             try:
-                image = to_uint8(load_image(paths[index])[0])
+                image = to_uint8(load_image(image_path)[0])
                 faces = detector.detect(image)
-                embeddings[index] = dlib_embedding(image, max(faces, key=lambda f: f.area)) if faces else np.nan
+                known[image_path] = dlib_embedding(image, max(faces, key=lambda f: f.area)) if faces else np.full(128, np.nan, np.float32)
             except ImageInputError:
-                embeddings[index] = np.nan
+                known[image_path] = np.full(128, np.nan, np.float32)
             if count % save_every == 0 or count == len(todo):
-                np.save(path.with_suffix(".tmp.npy"), embeddings)
-                path.with_suffix(".tmp.npy").replace(path)
-    return embeddings
+                _write_cache(path, known)
+    return np.stack([known[key] for key in keys]).astype(np.float32)
 
 
 def main() -> None:
