@@ -96,6 +96,34 @@ def _evaluate_ageing(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/ageing_table.md, ageing_metrics.json, ageing_pairs.csv, ageing_real.csv, ageing_examples.png")
 
 
+SHARED_DATA = Path("../shared/data")  # the project's datasets, beside a checkout
+
+
+def _evaluate_identity(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .aifd.encoder import load_encoder
+    from .evaluation.identity_eval import evaluate_identity, identity_table
+    from .model_paths import resolve_model
+
+    if not (args.lfw or args.utkface):
+        raise ValueError("give --lfw (verification) and/or --utkface (decomposition probe).")
+    path = Path(args.model) if Path(args.model).is_file() else resolve_model("aifd", args.model)
+    bars: dict[str, tqdm] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        bar = bars.setdefault(what, tqdm(desc=what, total=total, dynamic_ncols=True, leave=False))
+        bar.total = total
+        bar.update(done - bar.n)
+        if done == total:
+            bars.pop(what).close()
+
+    lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
+    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, progress)
+    print(identity_table(results))
+    print(f"wrote {args.out}/identity_table.md and identity_metrics.json")
+
+
 def _evaluate_reenactment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -112,8 +140,12 @@ def _evaluate_reenactment(args: argparse.Namespace) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
-    lfw, utkface = (None if args.no_lfw else Path(args.lfw)), (None if args.no_utkface else Path(args.utkface))
-    _, summary = evaluate_reenactor(reenactor, lfw, utkface, args.pairs, args.seed, Path(args.out), args.examples, progress)
+    if args.folder or args.lfw or args.utkface:
+        lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
+    else:  # the project's evaluation sets
+        lfw, utkface = Path(SHARED_DATA / "lfw"), Path(SHARED_DATA / "utkface-part1")
+    folder = args.folder and Path(args.folder)
+    _, summary = evaluate_reenactor(reenactor, lfw, utkface, args.pairs, args.seed, Path(args.out), args.examples, progress, folder)
     bar.close()
     print(summary_table(summary))
     print(f"wrote {args.out}/reenact_table.md, reenact_metrics.json, reenact_pairs.csv, reenact_examples.png")
@@ -231,14 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     ageing.add_argument("--out", default="outputs/eval_ageing")
     ageing.set_defaults(run=_evaluate_ageing)
 
+    identity = evaluate.add_parser("identity", help="AIFD encoder: LFW verification (threshold from train people) and age read from each part")
+    identity.add_argument("--model", default=BUNDLED["aifd"], help="AIFD encoder file, or a name in the aifd folders")
+    identity.add_argument("--lfw", help="LFW-style folder (people.csv, images/, pairs_test.csv)")
+    identity.add_argument("--utkface", help="UTKFace-style folder with labels.csv (train and test splits) for the decomposition probe")
+    identity.add_argument("--limit", type=int, help="at most this many faces per UTKFace split")
+    identity.add_argument("--seed", type=int, default=0)
+    identity.add_argument("--out", default="outputs/eval_identity")
+    identity.set_defaults(run=_evaluate_identity)
+
     reenactment = evaluate.add_parser("reenactment", help="identity kept (dlib) and pose followed (landmark NME) on pairs of different test people")
     reenactment.add_argument("--model", required=True, help="reenactor file, or a name in the reenactor folders")
     reenactment.add_argument("--identity-model", help="identity file for models that need one: vggface_fc7 (official) or AIFD encoder ('aifd' models)")
-    reenactment.add_argument("--lfw", default="../shared/data/lfw", help="LFW folder: pairs of its `test` people")
-    reenactment.add_argument("--utkface", default="../shared/data/utkface-part1", help="UTKFace folder with labels.csv: pairs of its test split")
-    reenactment.add_argument("--no-lfw", action="store_true")
-    reenactment.add_argument("--no-utkface", action="store_true")
-    reenactment.add_argument("--pairs", type=int, default=100, help="pairs per dataset")
+    reenactment.add_argument("--folder", help="any folder of face photos: pairs of different people (a subfolder per person, or every file its own person)")
+    reenactment.add_argument("--lfw", help="LFW folder: pairs of its `test` people")
+    reenactment.add_argument("--utkface", help="UTKFace folder with labels.csv: pairs of its test split")
+    reenactment.add_argument("--pairs", type=int, default=100, help="pairs per dataset (default datasets, when none is given: ../shared/data's LFW and UTKFace)")
     reenactment.add_argument("--seed", type=int, default=0)
     reenactment.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
     reenactment.add_argument("--device", default="auto", help="cpu, cuda or auto")

@@ -1,4 +1,5 @@
-"""Labelled face folders: ages from a CSV (file, age[, split]) or from UTKFace-style names (`AGE_...`)."""
+"""Labelled face folders: ages from a CSV (file, age[, split]) or from UTKFace-style names (`AGE_...`), and
+identity-labelled LFW-style folders (`images/<Person>/<Person>_NNNN.jpg`, people.csv with splits, pairs CSVs)."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,11 @@ class LabelledImage:
     path: Path
     age: float | None
     split: str = "train"
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image under a folder (subfolders included), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def age_from_name(name: str) -> float:
@@ -35,3 +41,33 @@ def read_labels(images: str | Path, labels_csv: str | Path | None = None, split:
     else:
         rows = [LabelledImage(p, age_from_name(p.name)) for p in sorted(images.iterdir()) if p.name.lower().endswith(IMAGE_SUFFIXES)]
     return [r for r in rows if split is None or r.split == split]
+
+
+@dataclass
+class IdentityImage:
+    path: Path
+    person: str
+    split: str
+
+
+def lfw_items(root: str | Path, split: str | None = "train") -> list[IdentityImage]:
+    """Every image of the people of `split` (None = all), in a stable order."""
+    root = Path(root)
+    with open(root / "people.csv", newline="") as handle:
+        people = [(r["person"], r["split"]) for r in csv.DictReader(handle)]
+    items = []
+    for person, person_split in sorted(people):
+        if split is None or person_split == split:
+            items += [IdentityImage(p, person, person_split) for p in sorted((root / "images" / person).glob("*.jpg"))]
+    return items
+
+
+def lfw_pairs(root: str | Path, name: str = "pairs_test.csv") -> list[tuple[Path, Path, bool]]:
+    """Verification pairs: (image a, image b, same person); images are numbered from 1."""
+    root = Path(root)
+
+    def image(person: str, number: str) -> Path:
+        return root / "images" / person / f"{person}_{int(number):04d}.jpg"
+
+    with open(root / name, newline="") as handle:
+        return [(image(r["person_a"], r["image_a"]), image(r["person_b"], r["image_b"]), r["same"] == "1") for r in csv.DictReader(handle)]

@@ -51,15 +51,3 @@ def test_aifd_training_runs_and_exports_a_loadable_encoder(tmp_path):
 
     embedding = encoder(torch.rand(2, 3, 112, 112) * 2 - 1)
     assert embedding.shape == (2, 32) and torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-4)
-
-
-def test_threshold_choice_and_train_pairs():
-    from training.aifd import best_threshold, train_pairs
-
-    scores = np.array([0.9, 0.8, 0.3, 0.2])
-    same = np.array([True, True, False, False])
-    threshold = best_threshold(scores, same)
-    assert 0.3 <= threshold < 0.8 and ((scores > threshold) == same).all()
-    a, b, same = train_pairs(np.array([0, 0, 1, 1, 2, 2, -1]), count=50)
-    labels = np.array([0, 0, 1, 1, 2, 2, -1])
-    assert (labels[a][same] == labels[b][same]).all() and (labels[a][~same] != labels[b][~same]).all()

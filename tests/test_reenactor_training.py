@@ -197,3 +197,30 @@ def test_aifd_identity_code_and_perceptual_network_plug_into_training(tiny_data,
         load_for_evaluation(out / "reenactor.safetensors")
     reenactor = load_for_evaluation(out / "reenactor.safetensors", aifd)
     assert reenactor.model.identity_source == "aifd" and reenactor.identity(torch.rand(1, 32, 32, 3)).shape == (1, 64)
+
+
+def test_evaluate_reenactment_on_any_face_folder(tmp_path, capsys):
+    """The command's example run: a plain folder of photos, every file its own person, tiny random models."""
+    from age_reenact.cli import main
+    from age_reenact.evaluation.reenact_eval import evaluation_sets
+    from benchmarks.bench_chain import write_models
+
+    faces = tmp_path / "my_faces"
+    faces.mkdir()
+    for name in ("einstein.jpg", "astronaut.png"):
+        shutil.copy(FIXTURES / name, faces / name)
+    paths, people = evaluation_sets(None, None, faces)["my_faces"]
+    assert [p.name for p in paths] == people == ["astronaut.png", "einstein.jpg"]
+    (faces / "nested").mkdir()
+    shutil.move(faces / "einstein.jpg", faces / "nested" / "einstein.jpg")
+    assert evaluation_sets(None, None, faces)["my_faces"][1] == ["my_faces", "nested"]  # subfolders name the people
+    shutil.move(faces / "nested" / "einstein.jpg", faces / "einstein.jpg")
+    (faces / "nested").rmdir()
+
+    models = write_models(tmp_path / "models")
+    out = tmp_path / "report"
+    code = main(["evaluate", "reenactment", "--folder", str(faces), "--model", str(models / "reenactor" / "agereenact_reenactor_lfw.safetensors"),
+                 "--identity-model", str(models / "aifd" / "agereenact_aifd_lfw.safetensors"), "--pairs", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "reenact_metrics.json").read_text())
+    assert metrics["my_faces"]["pairs"] == 2 and (out / "reenact_examples.png").is_file()

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from age_reenact.aifd.encoder import PREPROCESSING, AIFDEncoder
-from age_reenact.labels import LabelledImage, read_labels
+from age_reenact.evaluation.identity_eval import best_threshold, train_pairs
+from age_reenact.labels import LabelledImage, lfw_items, lfw_pairs, read_labels
 from age_reenact.weights import save_weights
 
 from .age_estimator import age_loss
 from .engine import Context, RunConfig, Task, run
 from .face_data import AlignedFaces
-from .identity_data import lfw_items, lfw_pairs
 from .identity_teacher import teacher_embeddings
 
 PRESETS = {
@@ -97,6 +97,7 @@ class AIFDTask(Task):
         self.lfw = AlignedFaces(lfw, "arcface", 112, cache_dir=args.cache_dir)
         self.utk = AlignedFaces(utk, "arcface", 112, cache_dir=args.cache_dir)
         people = np.array([i.person for i in lfw])
+        self.lfw_people = people.tolist()
         names, counts = np.unique(people, return_counts=True)
         classes = {n: k for k, n in enumerate(names[counts >= 2])}
         self.lfw_labels = torch.tensor([classes.get(p, -1) for p in people])
@@ -178,7 +179,7 @@ class AIFDTask(Task):
             test_faces = AlignedFaces([LabelledImage(p, None) for p in test_paths], "arcface", 112, cache_dir=self.args.cache_dir)
             where = {p: k for k, p in enumerate(test_paths)}
             test = (np.array([where[a] for a, _, _ in test_pairs]), np.array([where[b] for _, b, _ in test_pairs]), np.array([s for *_, s in test_pairs]))
-            self._pairs = (test_faces, test, train_pairs(self.lfw_labels.numpy(), seed=ctx.config.seed))
+            self._pairs = (test_faces, test, train_pairs(self.lfw_people, seed=ctx.config.seed))
         return self._pairs
 
     def evaluate(self, ctx: Context) -> dict[str, float]:
@@ -197,31 +198,6 @@ class AIFDTask(Task):
         state = {k: v.half() if v.is_floating_point() else v for k, v in self.encoder.state_dict().items()}  # fp16 keeps it under 25 MB
         provenance = {"data": "LFW train people + UTKFace train split", "steps": ctx.step, "command": "python -m training aifd", "preset": self.args.preset}
         save_weights(path / "aifd_encoder.safetensors", state, "aifd_encoder", self.arch, PREPROCESSING, provenance)
-
-
-def train_pairs(labels: np.ndarray, count: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Same/different pairs among train people (half each), for choosing the verification threshold."""
-    rng = np.random.default_rng(seed)
-    by_person = {}
-    for row, label in enumerate(labels):
-        if label >= 0:
-            by_person.setdefault(label, []).append(row)
-    people = list(by_person)
-    a, b, same = [], [], []
-    for _ in range(count):
-        rows = by_person[people[rng.integers(len(people))]]
-        i, j = rng.choice(rows, 2, replace=False)
-        a.append(i), b.append(j), same.append(True)
-        p, q = rng.choice(len(people), 2, replace=False)
-        a.append(by_person[people[p]][0]), b.append(by_person[people[q]][0]), same.append(False)
-    return np.array(a), np.array(b), np.array(same)
-
-
-def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
-    """The similarity threshold with the best accuracy (score > threshold means same person)."""
-    candidates = np.unique(scores)
-    accuracy = [((scores > t) == same).mean() for t in candidates]
-    return float(candidates[int(np.argmax(accuracy))])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

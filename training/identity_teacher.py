@@ -17,9 +17,8 @@ from tqdm import tqdm
 from age_reenact.evaluation.dlib_identity import dlib_embedding
 from age_reenact.face.detect import FaceDetector
 from age_reenact.images import ImageInputError, load_image, to_uint8
-from age_reenact.labels import read_labels
+from age_reenact.labels import lfw_items, read_labels
 
-from .identity_data import lfw_items
 
 
 def cache_path(cache_dir: str | Path) -> Path:

@@ -43,7 +43,7 @@ from age_reenact.aifd.encoder import load_encoder
 from age_reenact.aifd.similarity import UNIT, encoder_input
 from age_reenact.estimator.predict import prepare
 from age_reenact.images import save_image
-from age_reenact.labels import read_labels
+from age_reenact.labels import lfw_items, read_labels
 from age_reenact.reenact.convert import PREPROCESSING
 from age_reenact.reenact.identity import AIFDIdentity
 from age_reenact.reenact.model import DualGeneratorReenactor
@@ -52,7 +52,6 @@ from age_reenact.weights import build_model, read_weights, save_weights
 
 from .engine import Context, RunConfig, Task, _unwrap, run
 from .face_data import AlignedFaces
-from .identity_data import lfw_items
 
 CONVENTION = "reenactor"
 BUNDLE_LIMIT_MB = 25.0

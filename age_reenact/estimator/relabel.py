@@ -12,9 +12,9 @@ from typing import Callable
 from .. import age_groups
 from ..face.detect import FaceDetector
 from ..images import ImageInputError, load_image
+from ..labels import image_files
 from .predict import AgeEstimator
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FIELDS = ["file", "age", "group", "reason"]
 
 
@@ -27,7 +27,7 @@ def relabel_folder(
 ) -> int:
     """Append a row per image not yet in `out_csv`; returns how many were added."""
     images, out_csv = Path(images), Path(out_csv)
-    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(images)
     done = set()
     if out_csv.is_file():
         with open(out_csv, newline="") as handle:

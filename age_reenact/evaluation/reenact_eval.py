@@ -1,7 +1,8 @@
 """`age-reenact evaluate reenactment`: does a reenactor keep the source's identity and follow the pose?
 
 Pairs of different people, drawn with a fixed seed: LFW `test` people (source and driver are photos of
-two different people) and the UTKFace `test` split (no identities: every file counts as its own person).
+two different people), the UTKFace `test` split (no identities: every file counts as its own person), or
+any folder of face photos (a subfolder per person, or every file its own person).
 The reenactor runs in the absolute mode (shape generator) on the source photo and the driver photo and
 gives its S x S face crop; then
 - identity: dlib's embedding distance between the source photo's face and the output's face (the same
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from ..face.crop import choose_faces
 from ..face.detect import Face, FaceDetector
 from ..images import load_image, save_image, to_uint8
-from ..labels import read_labels
+from ..labels import image_files, lfw_items, read_labels
 from .dlib_identity import SAME_PERSON_DISTANCE, dlib_embedding, identity_distance
 
 NME_BAR = 0.08
@@ -78,14 +79,19 @@ def different_person_pairs(people: Sequence[str], seed: int) -> Iterator[tuple[i
             yield i, j
 
 
-def evaluation_sets(lfw: Path | None, utkface: Path | None) -> dict[str, tuple[list[Path], list[str]]]:
-    """{dataset: (image paths, person of each)} for the LFW test people and the UTKFace test split."""
+def evaluation_sets(lfw: Path | None, utkface: Path | None, folder: Path | None = None) -> dict[str, tuple[list[Path], list[str]]]:
+    """{dataset: (image paths, person of each)} for the LFW test people, the UTKFace test split, and any
+    folder of face photos (a subfolder per person, or else every file its own person)."""
     sets = {}
+    if folder is not None:
+        paths = image_files(folder)
+        if not paths:
+            raise FileNotFoundError(f"no images (.jpg, .png, ...) in {folder}; give a folder of face photos.")
+        nested = any(p.parent != Path(folder) for p in paths)
+        sets[Path(folder).name] = (paths, [p.parent.name if nested else p.name for p in paths])
     if lfw is not None:
-        with open(Path(lfw) / "people.csv", newline="") as handle:
-            people = sorted(r["person"] for r in csv.DictReader(handle) if r["split"] == "test")
-        photos = [(p, person) for person in people for p in sorted((Path(lfw) / "images" / person).glob("*.jpg"))]
-        sets["lfw_test"] = ([p for p, _ in photos], [person for _, person in photos])
+        photos = lfw_items(lfw, split="test")
+        sets["lfw_test"] = ([i.path for i in photos], [i.person for i in photos])
     if utkface is not None:
         rows = read_labels(utkface, Path(utkface) / "labels.csv", split="test")
         sets["utkface_test"] = ([r.path for r in rows], [r.path.name for r in rows])
@@ -151,6 +157,7 @@ def evaluate_reenactor(
     out_dir: Path | None = None,
     examples: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    folder: Path | None = None,
 ) -> tuple[list[PairResult], dict[str, dict]]:
     """`pairs` pairs per dataset (pairs whose source or driver photo has no detectable face are skipped
     and replaced by the next ones). Returns every pair's result and the summary per dataset and overall."""
@@ -160,7 +167,7 @@ def evaluate_reenactor(
     faces = _Faces(detector)
     results: list[PairResult] = []
     strips: list[torch.Tensor] = []
-    sets = evaluation_sets(lfw, utkface)
+    sets = evaluation_sets(lfw, utkface, folder)
     total = pairs * len(sets)
     for name, (paths, people) in sets.items():
         done = 0

@@ -1,0 +1,242 @@
+"""`age-reenact evaluate identity`: an AIFD encoder's face verification and its identity/age decomposition.
+
+Verification, on an LFW-style folder: the threshold is the best-accuracy one on same/different pairs of
+the `train` people and is then applied, unchanged, to `pairs_test.csv` (people never trained on). The
+same pairs and faces are scored by dlib's public-domain network as the reference (its own threshold is
+chosen the same way; its published 0.6 is reported too). Faces: the largest dlib HOG face (68 points);
+where HOG finds none, its landmarks are predicted inside the median face box of same-size images (LFW
+and UTKFace are pre-centred chips), for both models alike.
+
+Decomposition (the paper's eq. 1), on a UTKFace-style folder: how well age can be read from the identity
+part, the identity embedding, and the age part. Each is probed by the same small network (the shape of
+the training's adversary) fitted on the `train` split and measured on the `test` split (MAE in years).
+The encoder's own age head on the age part is reported beside them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..aifd.encoder import AIFDEncoder
+from ..aifd.similarity import UNIT, encoder_input, identity_embedding
+from ..face.crop import crops_from_points, extract_crops
+from ..face.detect import Face, FaceDetector, five_points_from_68
+from ..images import ImageInputError, load_image, to_uint8
+from ..labels import lfw_items, lfw_pairs, read_labels
+from .dlib_identity import SAME_PERSON_DISTANCE, dlib_embedding
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AlignedSet:
+    crops: torch.Tensor  # [N, S, S, 3] uint8 ArcFace crops (zeros where the image was unreadable)
+    dlib: np.ndarray | None  # [N, 128] dlib embeddings (NaN where unreadable), when asked for
+    detected: np.ndarray  # [N] bool: HOG found the face (else the median-box fallback)
+    usable: np.ndarray  # [N] bool: readable, with a face or a fallback
+
+
+def align_faces(paths: Sequence[Path], size: int = 112, with_dlib: bool = False, progress: Progress | None = None) -> AlignedSet:
+    """ArcFace crops (and dlib embeddings) of the largest face of each image, with the median-box fallback."""
+    detector = FaceDetector(upsample=1, landmarks="68")
+    found: list[tuple[tuple[int, int], Face | None] | None] = []
+    for k, path in enumerate(paths):
+        try:
+            image = to_uint8(load_image(path)[0])
+        except ImageInputError:
+            found.append(None)
+            continue
+        faces = detector.detect(image)
+        found.append((image.shape[:2], max(faces, key=lambda f: f.area) if faces else None))
+        if progress is not None:
+            progress("detecting faces", k + 1, len(paths))
+    boxes: dict[tuple[int, int], list[np.ndarray]] = {}
+    for entry in found:
+        if entry is not None and entry[1] is not None:
+            boxes.setdefault(entry[0], []).append(entry[1].box)
+    median_box = {shape: np.median(np.stack(b), axis=0) for shape, b in boxes.items()}
+
+    crops = torch.zeros(len(paths), size, size, 3, dtype=torch.uint8)
+    dlib = np.full((len(paths), 128), np.nan, dtype=np.float32) if with_dlib else None
+    detected, usable = np.zeros(len(paths), bool), np.zeros(len(paths), bool)
+    for k, (path, entry) in enumerate(zip(paths, found)):
+        if entry is None or (entry[1] is None and entry[0] not in median_box):
+            continue
+        image = to_uint8(load_image(path)[0])
+        face = entry[1]
+        if face is None:
+            landmarks = detector.landmarks_in(image, median_box[entry[0]])
+            face = Face(median_box[entry[0]], 0.0, landmarks, five_points_from_68(landmarks))
+        record = crops_from_points(entry[0], 1, [0], [face.landmarks], [face.points5], "arcface", size)
+        crops[k] = (extract_crops(torch.from_numpy(image)[None].float() / 255, record)[0] * 255).round().to(torch.uint8)
+        if dlib is not None:
+            dlib[k] = dlib_embedding(image, face)
+        detected[k], usable[k] = entry[1] is not None, True
+        if progress is not None:
+            progress("aligning faces", k + 1, len(paths))
+    return AlignedSet(crops, dlib, detected, usable)
+
+
+@torch.no_grad()
+def encoder_outputs(encoder: AIFDEncoder, crops: torch.Tensor, chunk: int = 128) -> dict[str, torch.Tensor]:
+    """Per face: the flip-averaged identity embedding, the pooled identity and age parts, the age head's age."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {"embedding": [], "identity_part": [], "age_part": [], "age_head": []}
+    for start in range(0, len(crops), chunk):
+        faces = crops[start : start + chunk].permute(0, 3, 1, 2).float().div(255).to(device)
+        out["embedding"].append(identity_embedding(encoder, faces, UNIT, flip_average=True).cpu())
+        x_id, x_age = encoder.decompose(encoder_input(faces, UNIT, encoder.input_size))
+        out["identity_part"].append(x_id.float().mean((2, 3)).cpu())
+        out["age_part"].append(x_age.float().mean((2, 3)).cpu())
+        out["age_head"].append(encoder.age_estimator(x_age)[0].float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def train_pairs(people: Sequence[str], count: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` same-person and `count` different-person pairs of rows (people with 2+ images for the former)."""
+    rng = np.random.default_rng(seed)
+    by_person: dict[str, list[int]] = {}
+    for row, person in enumerate(people):
+        by_person.setdefault(person, []).append(row)
+    everyone = list(by_person)
+    repeated = [p for p in everyone if len(by_person[p]) >= 2]
+    if not repeated or len(everyone) < 2:
+        raise ValueError("threshold pairs need at least one person with two images and two different people.")
+    a, b, same = [], [], []
+    for _ in range(count):
+        i, j = rng.choice(by_person[repeated[rng.integers(len(repeated))]], 2, replace=False)
+        a.append(i), b.append(j), same.append(True)
+        p, q = rng.choice(len(everyone), 2, replace=False)
+        a.append(by_person[everyone[p]][rng.integers(len(by_person[everyone[p]]))])
+        b.append(by_person[everyone[q]][rng.integers(len(by_person[everyone[q]]))])
+        same.append(False)
+    return np.array(a), np.array(b), np.array(same)
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The threshold with the best accuracy when `score > threshold` means the same person."""
+    candidates = np.unique(scores)
+    accuracy = [((scores > t) == same).mean() for t in candidates]
+    return float(candidates[int(np.argmax(accuracy))])
+
+
+def _accuracy(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    return float(((scores > threshold) == same).mean())
+
+
+def verify_on_lfw(encoder: AIFDEncoder, lfw: Path, train_pair_count: int = 1500, seed: int = 0, progress: Progress | None = None) -> dict:
+    """Threshold on train-people pairs, accuracy on pairs_test.csv, for the encoder and dlib's network."""
+    train = lfw_items(lfw, split="train")
+    ta, tb, tsame = train_pairs([i.person for i in train], train_pair_count, seed)
+    test = lfw_pairs(lfw)
+    paths = list(dict.fromkeys([train[i].path for i in np.concatenate([ta, tb])] + [p for a, b, _ in test for p in (a, b)]))
+    row = {p: k for k, p in enumerate(paths)}
+    aligned = align_faces(paths, encoder.input_size, with_dlib=True, progress=progress)
+    embedding = encoder_outputs(encoder, aligned.crops)["embedding"].numpy()
+    pairs = {
+        "train": (np.array([row[train[i].path] for i in ta]), np.array([row[train[i].path] for i in tb]), tsame),
+        "test": (np.array([row[a] for a, _, _ in test]), np.array([row[b] for _, b, _ in test]), np.array([s for *_, s in test])),
+    }
+    results = {"pairs_test": len(test), "train_pairs": len(tsame), "images": len(paths),
+               "hog_missed": int((~aligned.detected).sum()), "unusable": int((~aligned.usable).sum())}
+    dlib = np.nan_to_num(aligned.dlib, nan=1e3)  # an unusable image matches nobody
+    scores = {
+        "ours": lambda a, b: (embedding[a] * embedding[b]).sum(1),
+        "dlib": lambda a, b: -np.linalg.norm(dlib[a] - dlib[b], axis=1),  # negated: higher = more alike
+    }
+    for name, score in scores.items():
+        threshold = best_threshold(score(*pairs["train"][:2]), pairs["train"][2])
+        results[name] = {
+            "threshold": threshold if name == "ours" else -threshold,
+            "train_accuracy": _accuracy(score(*pairs["train"][:2]), pairs["train"][2], threshold),
+            "test_accuracy": _accuracy(score(*pairs["test"][:2]), pairs["test"][2], threshold),
+        }
+    results["dlib"]["test_accuracy_at_0.6"] = _accuracy(scores["dlib"](*pairs["test"][:2]), pairs["test"][2], -SAME_PERSON_DISTANCE)
+    return results
+
+
+def fit_probe(features: torch.Tensor, ages: torch.Tensor, steps: int = 1500, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A small MLP (pooled features -> age), the shape of the training's adversary, fitted with L1 on all rows."""
+    torch.manual_seed(seed)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    probe = nn.Sequential(nn.Linear(features.shape[1], 128), nn.ReLU(), nn.Linear(128, 1))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=3e-3, weight_decay=1e-4)
+    x = (features - mean) / std
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.l1_loss(probe(x).squeeze(1), ages)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    probe.eval()
+    return lambda f: probe((f - mean) / std).squeeze(1).detach()
+
+
+def decomposition_probe(encoder: AIFDEncoder, utkface: Path, limit: int | None = None, progress: Progress | None = None) -> dict:
+    """Test MAE of age read from the identity part, the identity embedding and the age part (probes fitted on train)."""
+    splits = {}
+    for split in ("train", "test"):
+        items = [i for i in read_labels(utkface, Path(utkface) / "labels.csv", split=split) if i.age is not None][:limit]
+        aligned = align_faces([i.path for i in items], encoder.input_size, progress=progress)
+        keep = np.flatnonzero(aligned.usable)
+        outputs = encoder_outputs(encoder, aligned.crops[keep])
+        splits[split] = (outputs, torch.tensor([items[k].age for k in keep], dtype=torch.float32))
+    (train, train_ages), (test, test_ages) = splits["train"], splits["test"]
+    results = {"train_faces": len(train_ages), "test_faces": len(test_ages), "predict_mean_mae": float((test_ages - train_ages.mean()).abs().mean())}
+    for part in ("identity_part", "embedding", "age_part"):
+        probe = fit_probe(train[part], train_ages)
+        results[f"{part}_probe_mae"] = float((probe(test[part]) - test_ages).abs().mean())
+    results["age_head_mae"] = float((test["age_head"] - test_ages).abs().mean())
+    return results
+
+
+def identity_table(results: dict) -> str:
+    lines = []
+    if "verification" in results:
+        v = results["verification"]
+        lines += [
+            f"LFW verification: {v['pairs_test']} test pairs of people never trained on; thresholds chosen on {v['train_pairs']} pairs of train people "
+            f"({v['hog_missed']} of {v['images']} images without a HOG face used the median-box fallback).",
+            "",
+            "| model | threshold | train-pairs accuracy | test accuracy |",
+            "|---|---:|---:|---:|",
+            f"| AIFD encoder (cosine) | {v['ours']['threshold']:.3f} | {100 * v['ours']['train_accuracy']:.1f} % | {100 * v['ours']['test_accuracy']:.1f} % |",
+            f"| dlib ResNet (distance) | {v['dlib']['threshold']:.3f} | {100 * v['dlib']['train_accuracy']:.1f} % | {100 * v['dlib']['test_accuracy']:.1f} % |",
+            f"| dlib ResNet at its published 0.6 | 0.600 | | {100 * v['dlib']['test_accuracy_at_0.6']:.1f} % |",
+            "",
+        ]
+    if "decomposition" in results:
+        d = results["decomposition"]
+        lines += [
+            f"Age read from each part (UTKFace test split, {d['test_faces']} faces; probes fitted on {d['train_faces']} train faces):",
+            "",
+            "| read from | age MAE (years) |",
+            "|---|---:|",
+            f"| identity part (pooled), probe | {d['identity_part_probe_mae']:.2f} |",
+            f"| identity embedding, probe | {d['embedding_probe_mae']:.2f} |",
+            f"| age part (pooled), probe | {d['age_part_probe_mae']:.2f} |",
+            f"| age part, the encoder's age head | {d['age_head_mae']:.2f} |",
+            f"| nothing (the train mean age) | {d['predict_mean_mae']:.2f} |",
+        ]
+    return "\n".join(lines)
+
+
+def evaluate_identity(encoder: AIFDEncoder, lfw: Path | None, utkface: Path | None, out: Path, seed: int = 0,
+                      limit: int | None = None, progress: Progress | None = None) -> dict:
+    results: dict = {}
+    if lfw is not None:
+        results["verification"] = verify_on_lfw(encoder, lfw, seed=seed, progress=progress)
+    if utkface is not None:
+        results["decomposition"] = decomposition_probe(encoder, utkface, limit, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "identity_metrics.json").write_text(json.dumps(results, indent=2))
+    (out / "identity_table.md").write_text(identity_table(results) + "\n")
+    return results

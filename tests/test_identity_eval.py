@@ -1,0 +1,111 @@
+"""`evaluate identity`: thresholds from train pairs, verification of the test pairs, the decomposition probe."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from conftest import FIXTURES
+from age_reenact.aifd.encoder import AIFDEncoder
+from age_reenact.cli import main
+from age_reenact.evaluation.identity_eval import align_faces, best_threshold, decomposition_probe, train_pairs, verify_on_lfw
+from age_reenact.weights import save_weights
+
+
+def test_threshold_choice_and_train_pairs():
+    scores = np.array([0.9, 0.8, 0.3, 0.2])
+    same = np.array([True, True, False, False])
+    threshold = best_threshold(scores, same)
+    assert 0.3 <= threshold < 0.8 and ((scores > threshold) == same).all()
+    people = ["a", "a", "b", "b", "c", "c", "d"]
+    a, b, same = train_pairs(people, count=50)
+    people = np.array(people)
+    assert same.sum() == (~same).sum() == 50
+    assert (people[a][same] == people[b][same]).all() and (a[same] != b[same]).all() and (people[a][~same] != people[b][~same]).all()
+    with pytest.raises(ValueError, match="two images"):
+        train_pairs(["a", "b"])
+
+
+def _photos():
+    # Scaled 1.5x: at the original size HOG (upsample 1) misses Einstein and finds only the man seated behind.
+    einstein = Image.open(FIXTURES / "einstein.jpg").convert("RGB")
+    einstein = einstein.resize((einstein.width * 3 // 2, einstein.height * 3 // 2))
+    astronaut = Image.open(FIXTURES / "astronaut.png").convert("RGB").resize((256, 256))
+    # Each person: the photo and its mirror image (a flipped copy must verify as the same person).
+    return {"Albert": [einstein, ImageOps.mirror(einstein)], "Eileen": [astronaut, ImageOps.mirror(astronaut)]}
+
+
+@pytest.fixture(scope="module")
+def tiny_lfw(tmp_path_factory):
+    """Train people Albert/Eileen and test people Albert_T/Eileen_T (the same photos), LFW's layout."""
+    root = tmp_path_factory.mktemp("lfw")
+    rows = []
+    for person, photos in _photos().items():
+        for name, split in ((person, "train"), (f"{person}_T", "test")):
+            (root / "images" / name).mkdir(parents=True)
+            for k, photo in enumerate(photos, 1):
+                photo.save(root / "images" / name / f"{name}_{k:04d}.jpg", quality=95)
+            rows.append({"person": name, "images": len(photos), "split": split})
+    with open(root / "people.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["person", "images", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(root / "pairs_test.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["person_a", "image_a", "person_b", "image_b", "same"])
+        writer.writerows([["Albert_T", 1, "Albert_T", 2, 1], ["Eileen_T", 1, "Eileen_T", 2, 1], ["Albert_T", 1, "Eileen_T", 2, 0], ["Eileen_T", 1, "Albert_T", 2, 0]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return AIFDEncoder(depth=[1, 1, 1, 1], widths=[8, 16, 32, 32], embedding_dim=32).eval()
+
+
+def test_identical_images_give_distance_zero_and_flipped_copies_verify(tiny_lfw, encoder):
+    paths = [tiny_lfw / "images" / "Albert_T" / "Albert_T_0001.jpg"] * 2
+    aligned = align_faces(paths, 112, with_dlib=True)
+    assert aligned.usable.all() and aligned.detected.all()
+    assert np.linalg.norm(aligned.dlib[0] - aligned.dlib[1]) == 0.0 and torch.equal(aligned.crops[0], aligned.crops[1])
+
+    results = verify_on_lfw(encoder, tiny_lfw, train_pair_count=20)
+    assert results["pairs_test"] == 4 and results["hog_missed"] == 0
+    assert results["dlib"]["test_accuracy"] == 1.0 and results["dlib"]["test_accuracy_at_0.6"] == 1.0
+    # Flip-averaged embeddings of an image and its mirror image are the same: cosine 1 for every same pair.
+    assert results["ours"]["threshold"] < 1.0 and 0.0 <= results["ours"]["test_accuracy"] <= 1.0
+
+
+def test_decomposition_probe_and_command(tiny_lfw, encoder, tmp_path, capsys):
+    utk = tmp_path / "utk"
+    utk.mkdir()
+    rows = []
+    for k, (person, photos) in enumerate(_photos().items()):
+        for j, photo in enumerate(photos):
+            for split in ("train", "test"):
+                name = f"{person}_{j}_{split}.jpg"
+                photo.save(utk / name)
+                rows.append({"file": name, "age": 30 + 40 * k, "split": split})
+    with open(utk / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["file", "age", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    results = decomposition_probe(encoder, utk)
+    assert results["train_faces"] == results["test_faces"] == 4
+    assert results["predict_mean_mae"] == pytest.approx(20.0)
+    for key in ("identity_part_probe_mae", "embedding_probe_mae", "age_part_probe_mae", "age_head_mae"):
+        assert np.isfinite(results[key])
+    # The test faces are the train faces: a fitted probe reads their ages back.
+    assert results["age_part_probe_mae"] < 5.0
+
+    model = tmp_path / "aifd.safetensors"
+    save_weights(model, encoder.state_dict(), "aifd_encoder", dict(depth=[1, 1, 1, 1], widths=[8, 16, 32, 32], embedding_dim=32))
+    out = tmp_path / "report"
+    assert main(["evaluate", "identity", "--model", str(model), "--lfw", str(tiny_lfw), "--utkface", str(utk), "--out", str(out)]) == 0
+    assert "| dlib ResNet (distance) |" in capsys.readouterr().out
+    saved = json.loads((out / "identity_metrics.json").read_text())
+    assert set(saved) == {"verification", "decomposition"} and (out / "identity_table.md").is_file()
