@@ -6,14 +6,17 @@ Without --model it times a randomly initialised network of the bundled model's a
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from age_reenact.devices import describe_device
-from age_reenact.estimator.predict import AgeEstimator
-from age_reenact.estimator.resnet import AgeResNet
-from training.age_estimator import PRESETS, preprocessing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repository root first
+from age_reenact.devices import describe_device  # noqa: E402
+from age_reenact.estimator.predict import AgeEstimator  # noqa: E402
+from age_reenact.estimator.resnet import AgeResNet  # noqa: E402
+from training.age_estimator import PRESETS, preprocessing  # noqa: E402
 
 
 def faces_per_second(estimator: AgeEstimator, batch: int, dtype: torch.dtype, seconds: float) -> float:

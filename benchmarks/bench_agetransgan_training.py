@@ -15,20 +15,22 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from age_reenact.aifd.encoder import PREPROCESSING as AIFD_PREPROCESSING
-from age_reenact.aifd.encoder import AIFDEncoder
-from age_reenact.devices import describe_device
-from age_reenact.estimator.resnet import AgeResNet
-from age_reenact.weights import save_weights
-from training.__main__ import build_parser
-from training.agetransgan import AgeTransGANTask
-from training.engine import Context, RunConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repository root first
+from age_reenact.aifd.encoder import PREPROCESSING as AIFD_PREPROCESSING  # noqa: E402
+from age_reenact.aifd.encoder import AIFDEncoder  # noqa: E402
+from age_reenact.devices import describe_device  # noqa: E402
+from age_reenact.estimator.resnet import AgeResNet  # noqa: E402
+from age_reenact.weights import save_weights  # noqa: E402
+from training.__main__ import build_parser  # noqa: E402
+from training.agetransgan import AgeTransGANTask  # noqa: E402
+from training.engine import Context, RunConfig  # noqa: E402
 
 ESTIMATOR = {"block": "basic", "layers": [2, 2, 2, 2], "widths": [32, 64, 128, 256], "stem_width": 32, "num_ages": 102, "norm": "batch"}
 ESTIMATOR_PREPROCESSING = {"convention": "agetransgan", "size": 112, "channels": "rgb", "scale": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3, "readout": "median"}

@@ -6,18 +6,20 @@ Target (issue 2): crop + paste overhead under 150 ms for a 512 px frame on a 2-c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from age_reenact.devices import describe_device
-from age_reenact.face.align import fit_to_convention
-from age_reenact.face.crop import crops_from_points, extract_crops
-from age_reenact.face.detect import FaceDetector
-from age_reenact.face.paste import paste_crops
-from age_reenact.face.templates import AGETRANSGAN, five_points_from_68
-from age_reenact.images import load_image, to_uint8
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repository root first
+from age_reenact.devices import describe_device  # noqa: E402
+from age_reenact.face.align import fit_to_convention  # noqa: E402
+from age_reenact.face.crop import crops_from_points, extract_crops  # noqa: E402
+from age_reenact.face.detect import FaceDetector  # noqa: E402
+from age_reenact.face.paste import paste_crops  # noqa: E402
+from age_reenact.face.templates import AGETRANSGAN, five_points_from_68  # noqa: E402
+from age_reenact.images import load_image, to_uint8  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "astronaut.png"
 

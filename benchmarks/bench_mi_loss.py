@@ -8,12 +8,15 @@ autocast, as a training step would use it. Weights are random: cost does not dep
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from age_reenact.aifd import AIFDEncoder, MILoss
-from age_reenact.devices import describe_device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repository root first
+from age_reenact.aifd import AIFDEncoder, MILoss  # noqa: E402
+from age_reenact.devices import describe_device  # noqa: E402
 
 CONFIGS = {
     "ir50": {"depth": 50, "widths": [64, 128, 256, 512], "embedding_dim": 512, "afd_variant": "tpami"},
