@@ -120,6 +120,12 @@ def test_resume_continues_from_the_checkpoint(tiny_faces, tmp_path):
     assert resumed[-1]["loss"] == pytest.approx(straight[-1]["loss"], rel=1e-5)
 
 
+def test_evaluation_steps_are_logged_even_off_the_logging_cadence(tiny_faces, tmp_path):
+    history = train(tiny_faces, tmp_path / "run", "--steps", "4", "--log-every", "3", "--eval-every", "2")
+    assert [r["step"] for r in history] == [2, 3, 4]  # eval at 2 and 4, log at 3
+    assert all(r["images_per_s"] > 0 for r in history)
+
+
 def test_ddp_two_processes_match_one(tiny_faces, tmp_path):
     # GroupNorm: BatchNorm statistics are per process by design, so they would differ.
     one = train(tiny_faces, tmp_path / "one", "--steps", "2", "--norm", "group", "--no-bf16")

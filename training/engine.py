@@ -200,7 +200,7 @@ def run(task: Task, config: RunConfig) -> dict[str, float]:
             print(f"resuming {task.name} at step {ctx.step}")
     bar = tqdm(total=config.steps, initial=ctx.step, disable=not ctx.is_main, desc=task.name, dynamic_ncols=True)
     running: dict[str, list[float]] = {}
-    started = time.perf_counter()
+    started, logged_step = time.perf_counter(), ctx.step
     try:
         with _sigterm_as_interrupt():
             while ctx.step < min(config.steps, config.stop_at or config.steps):
@@ -209,12 +209,13 @@ def run(task: Task, config: RunConfig) -> dict[str, float]:
                 bar.update(1)
                 for key, value in losses.items():
                     running.setdefault(key, []).append(value)
-                if ctx.step % config.log_every == 0 or ctx.step == config.steps:
+                evaluate = ctx.step % config.eval_every == 0 or ctx.step == config.steps
+                if evaluate or ctx.step % config.log_every == 0:  # evaluation steps need not be logging steps
                     row = ctx.mean_over_processes({k: sum(v) / len(v) for k, v in running.items()})
                     running = {}
-                    row["images_per_s"] = config.batch_size * config.log_every / max(1e-9, time.perf_counter() - started)
-                    started = time.perf_counter()
-                    if ctx.step % config.eval_every == 0 or ctx.step == config.steps:
+                    row["images_per_s"] = config.batch_size * (ctx.step - logged_step) / max(1e-9, time.perf_counter() - started)
+                    started, logged_step = time.perf_counter(), ctx.step
+                    if evaluate:
                         row.update(task.evaluate(ctx))
                     history.append({"step": ctx.step, **row})
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()})
