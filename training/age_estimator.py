@@ -20,7 +20,7 @@ from age_reenact.estimator.resnet import AgeResNet
 from age_reenact.labels import read_labels
 from age_reenact.weights import save_weights
 
-from .engine import Context, RunConfig, Task, run
+from .engine import Context, RunConfig, Task, run, training_command
 from .face_data import AlignedFaces
 
 PRESETS = {
@@ -107,7 +107,7 @@ class AgeEstimatorTask(Task):
         }
 
     def export(self, ctx: Context, path: Path) -> None:
-        provenance = {"data": str(self.args.images), "steps": ctx.step, "command": "python -m training age_estimator", "preset": self.args.preset}
+        provenance = {"data": str(self.args.images), "steps": ctx.step, "command": training_command(), "preset": self.args.preset}
         save_weights(path / "age_estimator.safetensors", _unwrapped(self.model).state_dict(), "age_resnet", self.arch, preprocessing(self.args), provenance)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from age_reenact.weights import build_model, read_weights, save_weights
 
 from .age_group_data import read_group_items
 from .agetransgan_losses import EstimatorGroupLoss, LossWeights, discriminator_losses, generator_losses, weighted_sum
-from .engine import Context, RunConfig, Task, run
+from .engine import Context, RunConfig, Task, run, training_command
 from .face_data import AlignedFaces
 
 PRESETS = {
@@ -234,7 +233,7 @@ class AgeTransGANTask(Task):
             "task": "agetransgan", "data": str(args.images), "labels": str(args.labels or ""), "steps": ctx.step,
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
-            "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": "python -m training " + " ".join(sys.argv[1:]),
+            "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": training_command(),
         }
 
     def export(self, ctx: Context, path: Path) -> None:

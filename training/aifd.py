@@ -29,7 +29,7 @@ from age_reenact.labels import LabelledImage, lfw_items, lfw_pairs, read_labels
 from age_reenact.weights import save_weights
 
 from .age_estimator import age_loss
-from .engine import Context, RunConfig, Task, run
+from .engine import Context, RunConfig, Task, run, training_command
 from .face_data import AlignedFaces
 from .identity_teacher import teacher_embeddings
 
@@ -196,7 +196,7 @@ class AIFDTask(Task):
 
     def export(self, ctx: Context, path: Path) -> None:
         state = {k: v.half() if v.is_floating_point() else v for k, v in self.encoder.state_dict().items()}  # fp16 keeps it under 25 MB
-        provenance = {"data": "LFW train people + UTKFace train split", "steps": ctx.step, "command": "python -m training aifd", "preset": self.args.preset}
+        provenance = {"data": "LFW train people + UTKFace train split", "steps": ctx.step, "command": training_command(), "preset": self.args.preset}
         save_weights(path / "aifd_encoder.safetensors", state, "aifd_encoder", self.arch, PREPROCESSING, provenance)
 
 

@@ -11,7 +11,9 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -123,6 +125,11 @@ class Task(ABC):
 
     def export(self, ctx: Context, path: Path) -> None:
         """Write the deployable safetensors file."""
+
+
+def training_command() -> str:
+    """The command line of this run, as a user would type it again (for exported files' provenance)."""
+    return "python -m training " + shlex.join(sys.argv[1:])
 
 
 def _unwrap(obj: Any) -> Any:

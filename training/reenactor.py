@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,7 +49,7 @@ from age_reenact.reenact.model import DualGeneratorReenactor
 from age_reenact.reenact.sketch import rebuild_eyelids, render_sketches
 from age_reenact.weights import build_model, read_weights, save_weights
 
-from .engine import Context, RunConfig, Task, _unwrap, run
+from .engine import Context, RunConfig, Task, _unwrap, run, training_command
 from .face_data import AlignedFaces
 
 CONVENTION = "reenactor"
@@ -486,7 +485,7 @@ class ReenactorTask(Task):
         dtype = EXPORT_DTYPES[args.export_dtype]
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
         provenance = {
-            "command": "python -m training reenactor " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+            "command": training_command(),
             "steps": ctx.step, "batch_size": ctx.config.batch_size, "preset": args.preset,
             "data": {"lfw_faces": int(len(self.lfw_index)), "lfw_people": self.num_identities, "utkface_faces": int(len(self.copy_index))},
             "perceptual": self.perceptual.name, "identity_source": self.config["identity_source"], "ema": "face generator and style encoder",
