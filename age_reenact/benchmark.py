@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bundled import bundled_or_random
+from .bundled import bundled_config, bundled_or_random
 from .devices import DTYPES, describe_device, resolve_device
 from .face.crop import FaceCrops, detect_crops, extract_crops
 from .face.detect import FaceDetector
@@ -254,8 +254,6 @@ def run_benchmark(
     if not detector.detect(to_uint8(frame[0])):
         raise ValueError(f"no face found in {image or FIXTURE}; give a photo with one clear face.")
     report = BenchReport(machine_header(device) | {"frame": f"{FRAME_SIZE}x{FRAME_SIZE}", "repeats": repeats, "threads": torch.get_num_threads()})
-    from .bundled import bundled_config
-
     crop_size = bundled_config("agetransgan")[0]["size"]
     for batch in batches:
         inputs = StageInputs(frame, batch, crop_size, detector)

@@ -109,17 +109,19 @@ def _evaluate_identity(args: argparse.Namespace) -> None:
     if not (args.lfw or args.utkface):
         raise ValueError("give --lfw (verification) and/or --utkface (decomposition probe).")
     path = Path(args.model) if Path(args.model).is_file() else resolve_model("aifd", args.model)
-    bars: dict[str, tqdm] = {}
+    bars: list[tqdm] = []
 
     def progress(what: str, done: int, total: int) -> None:
-        bar = bars.setdefault(what, tqdm(desc=what, total=total, dynamic_ncols=True, leave=False))
-        bar.total = total
-        bar.update(done - bar.n)
-        if done == total:
-            bars.pop(what).close()
+        if not bars or bars[-1].desc != what or done < bars[-1].n:  # a new phase: a bar of its own
+            if bars:
+                bars[-1].close()
+            bars.append(tqdm(desc=what, total=total, dynamic_ncols=True))
+        bars[-1].update(done - bars[-1].n)
 
     lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
-    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, progress)
+    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, args.train_pairs, progress)
+    if bars:
+        bars[-1].close()
     print(identity_table(results))
     print(f"wrote {args.out}/identity_table.md and identity_metrics.json")
 
@@ -268,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_argument("--lfw", help="LFW-style folder (people.csv, images/, pairs_test.csv)")
     identity.add_argument("--utkface", help="UTKFace-style folder with labels.csv (train and test splits) for the decomposition probe")
     identity.add_argument("--limit", type=int, help="at most this many faces per UTKFace split")
+    identity.add_argument("--train-pairs", type=int, default=1500, help="same-person and different-person pairs of LFW train people for the thresholds (each)")
     identity.add_argument("--seed", type=int, default=0)
     identity.add_argument("--out", default="outputs/eval_identity")
     identity.set_defaults(run=_evaluate_identity)

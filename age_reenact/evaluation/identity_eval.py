@@ -194,7 +194,9 @@ def decomposition_probe(encoder: AIFDEncoder, utkface: Path, limit: int | None =
     """Test MAE of age read from the identity part, the identity embedding and the age part (probes fitted on train)."""
     splits = {}
     for split in ("train", "test"):
-        items = [i for i in read_labels(utkface, Path(utkface) / "labels.csv", split=split) if i.age is not None][:limit]
+        items = [i for i in read_labels(utkface, Path(utkface) / "labels.csv", split=split) if i.age is not None]
+        if limit and len(items) > limit:  # spread over the list: files sorted by name are sorted by age in UTKFace
+            items = [items[k] for k in np.linspace(0, len(items) - 1, limit).round().astype(int)]
         aligned = align_faces([i.path for i in items], encoder.input_size, progress=progress)
         keep = np.flatnonzero(aligned.usable)
         outputs = encoder_outputs(encoder, aligned.crops[keep])
@@ -244,10 +246,10 @@ def identity_table(results: dict) -> str:
 
 
 def evaluate_identity(encoder: AIFDEncoder, lfw: Path | None, utkface: Path | None, out: Path, seed: int = 0,
-                      limit: int | None = None, progress: Progress | None = None) -> dict:
+                      limit: int | None = None, train_pair_count: int = 1500, progress: Progress | None = None) -> dict:
     results: dict = {}
     if lfw is not None:
-        results["verification"] = verify_on_lfw(encoder, lfw, seed=seed, progress=progress)
+        results["verification"] = verify_on_lfw(encoder, lfw, train_pair_count, seed, progress)
     if utkface is not None:
         results["decomposition"] = decomposition_probe(encoder, utkface, limit, progress)
     out.mkdir(parents=True, exist_ok=True)
