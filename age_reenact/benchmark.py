@@ -8,11 +8,14 @@ bundled file yet is timed with random weights at the size it is trained at (spee
 the values), and the table says so.
 
 Peak memory, with the stage's model loaded inside the measured span: on CUDA, the most memory torch
-allocated; on the CPU, the process's peak resident memory (Linux resets the high-water mark through
-/proc/self/clear_refs) and how much that is above what was resident before the stage.
+allocated; on a Linux CPU, the process's peak resident memory (the high-water mark is reset through
+/proc/self/clear_refs) and how much that is above what was resident before the stage. The allocator keeps
+freed memory, so the peak depends on the stages before; "added" is the figure to compare. Elsewhere
+peak memory is not measured (NaN).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -100,9 +103,7 @@ class PeakMemory:
         elif Path("/proc/self/status").is_file():
             self.peak = self._status("VmHWM")
         else:
-            import resource
-
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self.peak = float("nan")  # no portable peak-RSS reading elsewhere; times are still measured
         self.added = self.peak - self.before
 
 
@@ -271,6 +272,7 @@ def run_benchmark(
                         call, origin = _geometry_stage(stage, inputs, detector), "dlib + torch"
                     seconds = _time(call, repeats, device)
                     del call
+                    gc.collect()  # free this stage's model before the next stage's "before" reading
                 size = 1 if stage == "augment" else batch
                 report.rows.append(StageTiming(stage, node, precision, size, seconds, 1000 * seconds / size, memory.peak, memory.added, origin))
     return report

@@ -49,6 +49,7 @@ def bundled_or_random(family: str, seed: int = 0) -> tuple[nn.Module, str]:
     path = bundled_path(family)
     if path is not None:
         return build_model(read_weights(path, ARCHITECTURES[family])).eval(), path.name
-    torch.manual_seed(seed)
     config, origin = bundled_config(family)
-    return create_model(ARCHITECTURES[family], config).eval(), origin
+    with torch.random.fork_rng():  # a fixed model without moving the caller's random state
+        torch.manual_seed(seed)
+        return create_model(ARCHITECTURES[family], config).eval(), origin

@@ -144,8 +144,10 @@ def _evaluate_reenactment(args: argparse.Namespace) -> None:
 
     if args.folder or args.lfw or args.utkface:
         lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
-    else:  # the project's evaluation sets
-        lfw, utkface = Path(SHARED_DATA / "lfw"), Path(SHARED_DATA / "utkface-part1")
+    else:  # the project's evaluation sets, beside a checkout
+        lfw, utkface = SHARED_DATA / "lfw", SHARED_DATA / "utkface-part1"
+        if not (lfw.is_dir() and utkface.is_dir()):
+            raise FileNotFoundError(f"no {lfw} and {utkface} here; give --folder (any face photos), --lfw or --utkface.")
     folder = args.folder and Path(args.folder)
     _, summary = evaluate_reenactor(reenactor, lfw, utkface, args.pairs, args.seed, Path(args.out), args.examples, progress, folder)
     bar.close()

@@ -76,8 +76,22 @@ def test_identical_images_give_distance_zero_and_flipped_copies_verify(tiny_lfw,
     results = verify_on_lfw(encoder, tiny_lfw, train_pair_count=20)
     assert results["pairs_test"] == 4 and results["hog_missed"] == 0
     assert results["dlib"]["test_accuracy"] == 1.0 and results["dlib"]["test_accuracy_at_0.6"] == 1.0
-    # Flip-averaged embeddings of an image and its mirror image are the same: cosine 1 for every same pair.
-    assert results["ours"]["threshold"] < 1.0 and 0.0 <= results["ours"]["test_accuracy"] <= 1.0
+    assert 0.0 < results["dlib"]["threshold"] < 2.0  # reported as a distance
+    strict = results["ours"]["far_1pct"]
+    assert -1.0 <= results["ours"]["threshold"] <= 1.0 and 0.0 <= results["ours"]["test_accuracy"] <= 1.0
+    assert set(strict) == {"threshold", "test_accuracy", "test_true_accept", "test_false_accept"}
+    assert -1.0 <= strict["threshold"] <= 1.0 and all(0.0 <= strict[k] <= 1.0 for k in ("test_accuracy", "test_true_accept", "test_false_accept"))
+
+
+def test_test_pairs_of_train_people_are_refused(tiny_lfw, encoder, tmp_path):
+    import shutil
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny_lfw, leaky)
+    with open(leaky / "pairs_test.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow(["Albert", 1, "Albert", 2, 1])
+    with pytest.raises(ValueError, match="test` people only"):
+        verify_on_lfw(encoder, leaky, train_pair_count=5)
 
 
 def test_decomposition_probe_and_command(tiny_lfw, encoder, tmp_path, capsys):

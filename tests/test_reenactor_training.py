@@ -209,13 +209,17 @@ def test_evaluate_reenactment_on_any_face_folder(tmp_path, capsys):
     faces.mkdir()
     for name in ("einstein.jpg", "astronaut.png"):
         shutil.copy(FIXTURES / name, faces / name)
-    paths, people = evaluation_sets(None, None, faces)["my_faces"]
+    paths, people = evaluation_sets(None, None, faces)["folder my_faces"]
     assert [p.name for p in paths] == people == ["astronaut.png", "einstein.jpg"]
     (faces / "nested").mkdir()
     shutil.move(faces / "einstein.jpg", faces / "nested" / "einstein.jpg")
-    assert evaluation_sets(None, None, faces)["my_faces"][1] == ["my_faces", "nested"]  # subfolders name the people
+    assert evaluation_sets(None, None, faces)["folder my_faces"][1] == ["my_faces", "nested"]  # subfolders name the people
     shutil.move(faces / "nested" / "einstein.jpg", faces / "einstein.jpg")
     (faces / "nested").rmdir()
+    (tmp_path / "alone").mkdir()
+    shutil.copy(FIXTURES / "einstein.jpg", tmp_path / "alone" / "einstein.jpg")
+    with pytest.raises(ValueError, match="one person only"):
+        evaluation_sets(None, None, tmp_path / "alone")
 
     models = write_models(tmp_path / "models")
     out = tmp_path / "report"
@@ -223,4 +227,4 @@ def test_evaluate_reenactment_on_any_face_folder(tmp_path, capsys):
                  "--identity-model", str(models / "aifd" / "agereenact_aifd_lfw.safetensors"), "--pairs", "2", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "reenact_metrics.json").read_text())
-    assert metrics["my_faces"]["pairs"] == 2 and (out / "reenact_examples.png").is_file()
+    assert metrics["folder my_faces"]["pairs"] == 2 and (out / "reenact_examples.png").is_file()

@@ -8,6 +8,7 @@ is written every 500 images, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +34,10 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, known: dict[str, np.ndarray]) -> None:
+    """Merge into the file (another run may have added images meanwhile) through a temporary of our own."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
+    known = {**_read_cache(path), **known}
+    temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(temporary, paths=np.array(list(known)), embeddings=np.stack(list(known.values())).astype(np.float32))
     temporary.replace(path)
 

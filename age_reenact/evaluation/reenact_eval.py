@@ -2,7 +2,8 @@
 
 Pairs of different people, drawn with a fixed seed: LFW `test` people (source and driver are photos of
 two different people), the UTKFace `test` split (no identities: every file counts as its own person), or
-any folder of face photos (a subfolder per person, or every file its own person).
+any folder of face photos (a subfolder per person, or every file its own person; with subfolders, photos
+loose in the folder itself count as one more person).
 The reenactor runs in the absolute mode (shape generator) on the source photo and the driver photo and
 gives its S x S face crop; then
 - identity: dlib's embedding distance between the source photo's face and the output's face (the same
@@ -88,7 +89,10 @@ def evaluation_sets(lfw: Path | None, utkface: Path | None, folder: Path | None 
         if not paths:
             raise FileNotFoundError(f"no images (.jpg, .png, ...) in {folder}; give a folder of face photos.")
         nested = any(p.parent != Path(folder) for p in paths)
-        sets[Path(folder).name] = (paths, [p.parent.name if nested else p.name for p in paths])
+        people = [p.parent.name if nested else p.name for p in paths]
+        if len(set(people)) < 2:
+            raise ValueError(f"{folder} holds photos of one person only; reenactment pairs need two or more people.")
+        sets[f"folder {Path(folder).resolve().name}"] = (paths, people)
     if lfw is not None:
         photos = lfw_items(lfw, split="test")
         sets["lfw_test"] = ([i.path for i in photos], [i.person for i in photos])
@@ -99,18 +103,19 @@ def evaluation_sets(lfw: Path | None, utkface: Path | None, folder: Path | None 
 
 
 class _Faces:
-    """Each photo's uint8 frame and largest face, detected once."""
+    """Each photo's uint8 frame and largest face; the face is detected once, the frame re-read each time
+    (caching frames of a folder of large photos would hold gigabytes)."""
 
     def __init__(self, detector: FaceDetector):
         self.detector = detector
-        self.cache: dict[Path, tuple[np.ndarray, Face | None]] = {}
+        self.cache: dict[Path, Face | None] = {}
 
     def __call__(self, path: Path) -> tuple[np.ndarray, Face | None]:
+        frame = to_uint8(load_image(path)[0])
         if path not in self.cache:
-            frame = to_uint8(load_image(path)[0])
             faces = choose_faces(self.detector.detect(frame), "largest", 0, 0)
-            self.cache[path] = (frame, faces[0] if faces else None)
-        return self.cache[path]
+            self.cache[path] = faces[0] if faces else None
+        return frame, self.cache[path]
 
 
 def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: np.ndarray, detector: FaceDetector) -> tuple[bool, float, float]:
