@@ -39,27 +39,49 @@ def _faces(args: argparse.Namespace) -> None:
     print(f"{len(crops)} face(s); wrote {out}/crop_*.png, landmarks.png, pasted.png")
 
 
-def _estimator(name: str):
-    from .estimator.predict import AgeEstimator
+def _model_file(family: str, name: str) -> Path:
+    """A model given as a file path, or as a name in the family's model folders."""
     from .model_paths import resolve_model
 
-    path = Path(name)
-    return AgeEstimator.load(path if path.is_file() else resolve_model("age_estimator", name))
+    return Path(name) if Path(name).is_file() else resolve_model(family, name)
+
+
+class _ProgressBars:
+    """tqdm bars for the core's progress callbacks: `bars(done, total)`, or `bars.phase(what, done, total)`
+    with a bar of its own per phase."""
+
+    def __init__(self, desc: str = ""):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.phase(self.desc, done, total)
+
+    def phase(self, what: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.desc != what or done < self.bar.n:
+            self.close()
+            self.bar = tqdm(desc=what, total=total, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _estimator(name: str):
+    from .estimator.predict import AgeEstimator
+
+    return AgeEstimator.load(_model_file("age_estimator", name))
 
 
 def _relabel(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from .estimator.relabel import relabel_folder
 
-    bar = tqdm(desc="relabelling", dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    added = relabel_folder(_estimator(args.model), args.images, args.out, FaceDetector(upsample=args.upsample), progress)
-    bar.close()
+    bars = _ProgressBars("relabelling")
+    added = relabel_folder(_estimator(args.model), args.images, args.out, FaceDetector(upsample=args.upsample), bars)
+    bars.close()
     print(f"{added} image(s) added to {args.out}")
 
 
@@ -76,17 +98,13 @@ def _evaluate_ageing(args: argparse.Namespace) -> None:
     from .agetransgan.convert import load_generator
     from .aifd.encoder import load_encoder
     from .evaluation.ageing_eval import AgeingEvaluation, evaluate_ageing
-    from .model_paths import resolve_model
-
-    def model_file(family: str, name: str) -> Path:
-        return Path(name) if Path(name).is_file() else resolve_model(family, name)
 
     generators = {}
     for spec in args.model:
         name, _, file = spec.rpartition("=")
-        path = model_file("agetransgan", file)
+        path = _model_file("agetransgan", file)
         generators[name or path.stem] = load_generator(path)
-    encoder = load_encoder(model_file("aifd", args.identity_encoder)) if args.identity_encoder else None
+    encoder = load_encoder(_model_file("aifd", args.identity_encoder)) if args.identity_encoder else None
     evaluation = AgeingEvaluation(generators, [_estimator(e) for e in args.estimator], not args.no_reference, encoder, args.device, args.precision)
     summary = evaluate_ageing(
         evaluation, Path(args.images), args.labels and Path(args.labels), None if args.split == "all" else args.split, args.source_groups, args.targets,
@@ -100,47 +118,26 @@ SHARED_DATA = Path("../shared/data")  # the project's datasets, beside a checkou
 
 
 def _evaluate_identity(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from .aifd.encoder import load_encoder
     from .evaluation.identity_eval import evaluate_identity, identity_table
-    from .model_paths import resolve_model
 
     if not (args.lfw or args.utkface):
         raise ValueError("give --lfw (verification) and/or --utkface (decomposition probe).")
-    path = Path(args.model) if Path(args.model).is_file() else resolve_model("aifd", args.model)
-    bars: list[tqdm] = []
-
-    def progress(what: str, done: int, total: int) -> None:
-        if not bars or bars[-1].desc != what or done < bars[-1].n:  # a new phase: a bar of its own
-            if bars:
-                bars[-1].close()
-            bars.append(tqdm(desc=what, total=total, dynamic_ncols=True))
-        bars[-1].update(done - bars[-1].n)
-
+    path = _model_file("aifd", args.model)
+    bars = _ProgressBars()
     lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
-    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, args.train_pairs, progress)
-    if bars:
-        bars[-1].close()
+    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, args.train_pairs, bars.phase)
+    bars.close()
     print(identity_table(results))
     print(f"wrote {args.out}/identity_table.md and identity_metrics.json")
 
 
 def _evaluate_reenactment(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from .evaluation.reenact_eval import evaluate_reenactor, load_for_evaluation, summary_table
-    from .model_paths import resolve_model
 
-    def model_file(name: str | None) -> Path | None:
-        return None if name is None else Path(name) if Path(name).is_file() else resolve_model("reenactor", name)
-
-    reenactor = load_for_evaluation(model_file(args.model), model_file(args.identity_model), args.device, args.precision)
-    bar = tqdm(desc="reenacting pairs", dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    identity = args.identity_model and _model_file("reenactor", args.identity_model)
+    reenactor = load_for_evaluation(_model_file("reenactor", args.model), identity, args.device, args.precision)
+    bars = _ProgressBars("reenacting pairs")
 
     if args.folder or args.lfw or args.utkface:
         lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
@@ -149,8 +146,8 @@ def _evaluate_reenactment(args: argparse.Namespace) -> None:
         if not (lfw.is_dir() and utkface.is_dir()):
             raise FileNotFoundError(f"no {lfw} and {utkface} here; give --folder (any face photos), --lfw or --utkface.")
     folder = args.folder and Path(args.folder)
-    _, summary = evaluate_reenactor(reenactor, lfw, utkface, args.pairs, args.seed, Path(args.out), args.examples, progress, folder)
-    bar.close()
+    _, summary = evaluate_reenactor(reenactor, lfw, utkface, args.pairs, args.seed, Path(args.out), args.examples, bars, folder)
+    bars.close()
     print(summary_table(summary))
     print(f"wrote {args.out}/reenact_table.md, reenact_metrics.json, reenact_pairs.csv, reenact_examples.png")
 
@@ -162,14 +159,10 @@ def _demo(args: argparse.Namespace) -> None:
     from .chain import ChainSettings, reenact_and_age
     from .evaluation.ageing_eval import save_grid
     from .images import to_image_batch
-    from .model_paths import resolve_model
     from .reenact.pipeline import load_reenactor
 
-    def model_file(family: str, name: str) -> Path:
-        return Path(name) if Path(name).is_file() else resolve_model(family, name)
-
-    reenactor = load_reenactor(model_file("reenactor", args.reenactor), None, args.device, args.precision)
-    ager = AgeTransGAN.create(load_generator(model_file("agetransgan", args.agetransgan)), args.device, args.precision)
+    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), None, args.device, args.precision)
+    ager = AgeTransGAN.create(load_generator(_model_file("agetransgan", args.agetransgan)), args.device, args.precision)
     source, driver = load_image(args.source), load_image(args.driver)
     settings = ChainSettings(order=args.order, mode=args.mode, seed=args.seed)
     result = reenact_and_age(reenactor, ager, source, driver, args.target, settings, FaceDetector(upsample=args.upsample))
