@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 
 from conftest import FIXTURES, ROOT
 from age_reenact.aifd.encoder import load_encoder
+from age_reenact.weights import read_weights
 
 
 def make_folders(root):
@@ -35,19 +37,70 @@ def make_folders(root):
     return lfw, utk
 
 
-def test_aifd_training_runs_and_exports_a_loadable_encoder(tmp_path):
-    lfw, utk = make_folders(tmp_path)
-    out = tmp_path / "run"
+def train(lfw, utk, out, *extra):
     command = [sys.executable, "-m", "training", "aifd", "--lfw", str(lfw), "--utkface", str(utk), "--out", str(out),
                "--preset", "tiny", "--steps", "4", "--batch-size", "8", "--log-every", "1", "--lr", "0.01",
-               "--no-distill", "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--eval-every", "1000"]
+               "--no-distill", "--cache-dir", str(out.parent / "cache"), "--threads", "1", "--eval-every", "1000", *extra]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in history] == [1, 2, 3, 4]
-    assert all(np.isfinite(row[k]) for row in history for k in ("cosface", "age", "adversary"))
-    encoder = load_encoder(out / "aifd_encoder.safetensors")
-    import torch
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
+
+def test_aifd_training_runs_and_exports_a_loadable_encoder(tmp_path):
+    lfw, utk = make_folders(tmp_path)
+    history = train(lfw, utk, tmp_path / "run")
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert all(np.isfinite(row[k]) for row in history for k in ("cosface", "age", "adversary", "embedding_adversary", "decorrelation"))
+    encoder = load_encoder(tmp_path / "run" / "aifd_encoder.safetensors")
     embedding = encoder(torch.rand(2, 3, 112, 112) * 2 - 1)
     assert embedding.shape == (2, 32) and torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_aifd_fine_tuning_starts_from_an_encoder_file(tmp_path):
+    lfw, utk = make_folders(tmp_path)
+    train(lfw, utk, tmp_path / "base", "--steps", "2")
+    base = tmp_path / "base" / "aifd_encoder.safetensors"
+    # --preset small is ignored: the architecture comes from the file.
+    history = train(lfw, utk, tmp_path / "tuned", "--init", str(base), "--preset", "small", "--steps", "2")
+    assert all(np.isfinite(row["cosface"]) for row in history)
+    before, after = read_weights(base), read_weights(tmp_path / "tuned" / "aifd_encoder.safetensors")
+    assert after.config == before.config
+    assert after.provenance["init"]["file"] == "aifd_encoder.safetensors" and after.provenance["init"]["steps"] == 2
+    assert any(not torch.equal(before.state_dict[k], after.state_dict[k]) for k in before.state_dict)
+
+
+def test_age_neutral_teacher_keeps_identity_and_drops_the_age_mean():
+    from training.aifd import age_neutral
+
+    generator = torch.Generator().manual_seed(0)
+    ages = torch.tensor([3.0, 4, 30, 31, 70, 72] * 20)
+    age_direction = torch.zeros(16)
+    age_direction[0] = 1
+    teacher = torch.nn.functional.normalize(torch.randn(len(ages), 16, generator=generator) + ages[:, None] / 15 * age_direction, dim=1)
+    teacher[5] = float("nan")  # a face dlib could not embed stays untaught
+    neutral = age_neutral(teacher, ages)
+    assert torch.isnan(neutral[5]).all()
+    known = torch.isfinite(neutral[:, 0])
+    assert torch.allclose(neutral[known].norm(dim=1), torch.ones(int(known.sum())), atol=1e-5)
+    young, old = (ages < 10) & known, (ages > 60) & known
+    gap_before = teacher[old, 0].mean() - teacher[young, 0].mean()
+    gap_after = abs(neutral[old, 0].mean() - neutral[young, 0].mean())
+    assert gap_before > 0.5 and gap_after < gap_before / 2  # what is left comes only from renormalising
+    assert torch.nn.functional.cosine_similarity(neutral[known], teacher[known]).mean() > 0.5
+
+
+def test_linear_age_readout_penalises_features_that_carry_age():
+    from training.aifd import LinearAgeReadout
+
+    generator = torch.Generator().manual_seed(0)
+    ages = torch.randint(0, 90, (64 * 8,), generator=generator).float()
+    noise = torch.randn(len(ages), 32, generator=generator)
+    carrying, blind = LinearAgeReadout(memory=512, warmup=128), LinearAgeReadout(memory=512, warmup=128)
+    assert carrying.penalty(noise[:64], ages[:64]).item() == 0  # nothing to fit on yet
+    for k in range(0, len(ages), 64):
+        batch = noise[k : k + 64].clone().requires_grad_()
+        with_age = batch + torch.cat([ages[k : k + 64, None] / 30, torch.zeros(64, 31)], 1)
+        high, low = carrying.penalty(with_age, ages[k : k + 64]), blind.penalty(batch, ages[k : k + 64])
+    assert high.item() > 0.1 and high.item() > 3 * low.item()
+    high.backward()
+    assert torch.isfinite(batch.grad).all() and batch.grad.abs().sum() > 0

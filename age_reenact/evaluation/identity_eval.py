@@ -208,7 +208,11 @@ def decomposition_probe(encoder: AIFDEncoder, utkface: Path, limit: int | None =
         keep = np.flatnonzero(aligned.usable)
         outputs = encoder_outputs(encoder, aligned.crops[keep])
         splits[split] = (outputs, torch.tensor([items[k].age for k in keep], dtype=torch.float32))
-    (train, train_ages), (test, test_ages) = splits["train"], splits["test"]
+    return probe_maes(*splits["train"], *splits["test"])
+
+
+def probe_maes(train: dict[str, torch.Tensor], train_ages: torch.Tensor, test: dict[str, torch.Tensor], test_ages: torch.Tensor) -> dict:
+    """From `encoder_outputs` of train and test faces: test MAE of a probe fitted on each part, the age head's, the mean's."""
     results = {"train_faces": len(train_ages), "test_faces": len(test_ages), "predict_mean_mae": float((test_ages - train_ages.mean()).abs().mean())}
     for part in ("identity_part", "embedding", "age_part"):
         probe = fit_probe(train[part], train_ages)
