@@ -15,6 +15,8 @@ from age_reenact.weights import read_weights
 
 
 def make_folders(root):
+    """LFW-style train people Ann/Bob, test people Ann_T/Bob_T (the same photos) with pairs; UTKFace-style
+    train faces aged 20, 40, 60 and a val face."""
     lfw, utk = root / "lfw", root / "utk"
     portraits = {"Ann_Person": FIXTURES / "astronaut.png", "Bob_Person": FIXTURES / "einstein.jpg"}
     lfw.mkdir(parents=True)
@@ -22,18 +24,23 @@ def make_folders(root):
         writer = csv.writer(handle)
         writer.writerow(["person", "images", "split"])
         for person, source in portraits.items():
-            writer.writerow([person, 2, "train"])
-            (lfw / "images" / person).mkdir(parents=True)
-            image = Image.open(source).convert("RGB")
-            image.save(lfw / "images" / person / f"{person}_0001.jpg")
-            image.transpose(Image.FLIP_LEFT_RIGHT).save(lfw / "images" / person / f"{person}_0002.jpg")
+            for name, split in ((person, "train"), (f"{person}_T", "test")):
+                writer.writerow([name, 2, split])
+                (lfw / "images" / name).mkdir(parents=True)
+                image = Image.open(source).convert("RGB")
+                image.save(lfw / "images" / name / f"{name}_0001.jpg")
+                image.transpose(Image.FLIP_LEFT_RIGHT).save(lfw / "images" / name / f"{name}_0002.jpg")
+    with open(lfw / "pairs_test.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["person_a", "image_a", "person_b", "image_b", "same"])
+        writer.writerows([["Ann_Person_T", 1, "Ann_Person_T", 2, 1], ["Ann_Person_T", 1, "Bob_Person_T", 2, 0]])
     utk.mkdir()
     with open(utk / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "age", "split"])
-        for i, age in enumerate((20, 40, 60)):
+        for i, (age, split) in enumerate(((20, "train"), (40, "train"), (60, "train"), (30, "val"))):
             Image.open(FIXTURES / "astronaut.png").convert("RGB").save(utk / f"{age}_1_0_{i}.jpg")
-            writer.writerow([f"{age}_1_0_{i}.jpg", age, "train"])
+            writer.writerow([f"{age}_1_0_{i}.jpg", age, split])
     return lfw, utk
 
 
@@ -48,8 +55,11 @@ def train(lfw, utk, out, *extra):
 
 def test_aifd_training_runs_and_exports_a_loadable_encoder(tmp_path):
     lfw, utk = make_folders(tmp_path)
-    history = train(lfw, utk, tmp_path / "run")
+    history = train(lfw, utk, tmp_path / "run", "--eval-every", "4")
     assert [row["step"] for row in history] == [1, 2, 3, 4]
+    # The evaluation step: LFW test pairs, and age probes on each part for UTKFace's val face.
+    assert 0 <= history[-1]["lfw_test_accuracy"] <= 1
+    assert all(np.isfinite(history[-1][f"val_{part}_mae"]) for part in ("identity_part_probe", "embedding_probe", "age_part_probe", "age_head"))
     assert all(np.isfinite(row[k]) for row in history for k in ("cosface", "age", "adversary", "embedding_adversary", "decorrelation"))
     encoder = load_encoder(tmp_path / "run" / "aifd_encoder.safetensors")
     embedding = encoder(torch.rand(2, 3, 112, 112) * 2 - 1)

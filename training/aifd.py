@@ -10,7 +10,8 @@ Losses, each weighted from the command line:
   known, the teacher's mean at each age is first taken out (`age_neutral`);
 - age: the age head on the age part of the feature maps, with UTKFace ages (label distribution + L1);
 - decorrelation: age classifiers on the identity part and on the identity embedding, trained through
-  gradient reversal, so neither carries more age than it must.
+  gradient reversal, plus a penalty on the best linear read-out of age from each (`LinearAgeReadout`),
+  so neither carries more age than it must.
 `--init` starts from an encoder file (this pack's, or MTLFace's converted one); the CosFace centres and
 the teacher projection are then fitted to its embeddings first, so fine-tuning starts from its optimum.
 LFW `test` people are never trained on; they give the verification accuracy (threshold chosen on train
@@ -141,26 +142,24 @@ class AIFDTrainer(nn.Module):
     def forward(self, faces: torch.Tensor, n_age: int) -> dict[str, torch.Tensor]:
         """Embeddings of all faces; for the last n_age (the aged faces), the age logits of the age part, the
         pooled identity part and the unit embedding, and the two adversaries' age logits."""
-        encoder = self.encoder
-        x = encoder.features(faces)
-        attention = encoder.fsm.attention(x)
-        x_id, x_age = encoder.fsm.split(x, attention)
-        embedding = encoder.output_layer(x_id)
-        _, age_logits, _ = encoder.age_estimator(x_age[-n_age:])
-        # Decorrelation acts on the attention only (the maps are detached): the backbone keeps the age the
-        # age head needs, and the decomposition has to move it into the age part (eq. 1) rather than drop it.
-        routed_id, _ = encoder.fsm.split(x[-n_age:].detach(), attention[-n_age:])
+        x_id, x_age = self.encoder.decompose(faces)
+        embedding = self.encoder.output_layer(x_id)
+        _, age_logits, _ = self.encoder.age_estimator(x_age[-n_age:])
         identity_part = x_id[-n_age:].float().mean((2, 3))
         unit_embedding = F.normalize(embedding[-n_age:].float(), dim=1)
         return {
             "embedding": embedding,
             "age_logits": age_logits,
             "identity_part": identity_part,
-            "routed_identity_part": routed_id.float().mean((2, 3)),
             "unit_embedding": unit_embedding,
             "adversary_logits": self.heads.adversary(GradientReversal.apply(identity_part, self.adversary_weight)),
             "embedding_adversary_logits": self.heads.embedding_adversary(GradientReversal.apply(unit_embedding, self.embedding_adversary_weight)),
         }
+
+
+def uint8_crops(faces: AlignedFaces, rows: np.ndarray) -> torch.Tensor:
+    """[N, S, S, 3] uint8 crops (no jitter), the layout `encoder_outputs` reads."""
+    return torch.cat([(faces.crops(rows[k : k + 256]) * 255).round().to(torch.uint8).permute(0, 2, 3, 1) for k in range(0, len(rows), 256)])
 
 
 class AIFDTask(Task):
@@ -207,7 +206,7 @@ class AIFDTask(Task):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / ctx.config.steps)))
         )
-        self._pairs = None
+        self._pairs = self._probe_sets = None
         # Rebuilt from the next batches after a resume (a few steps), so not in the checkpoint.
         self.readouts = {"identity_part": LinearAgeReadout(), "embedding": LinearAgeReadout()}
 
@@ -271,7 +270,7 @@ class AIFDTask(Task):
         losses["age"] = age_loss(out["age_logits"], ages, "dldl")
         losses["adversary"] = age_loss(out["adversary_logits"], ages, "dldl")
         losses["embedding_adversary"] = age_loss(out["embedding_adversary_logits"], ages, "dldl")
-        losses["decorrelation"] = self.readouts["identity_part"].penalty(out["routed_identity_part"], ages)
+        losses["decorrelation"] = self.readouts["identity_part"].penalty(out["identity_part"], ages)
         losses["embedding_decorrelation"] = self.readouts["embedding"].penalty(out["unit_embedding"], ages)
         # The adversaries learn at full strength; how hard the encoder fights them is the reversal weights.
         total = (losses["cosface"] + args.distill_weight * losses["distill"] + args.age_weight * losses["age"]
@@ -303,19 +302,15 @@ class AIFDTask(Task):
             self._pairs = (test_faces, test, train_pairs(self.lfw_people, seed=ctx.config.seed))
         return self._pairs
 
-    def _uint8_crops(self, faces: AlignedFaces, rows: np.ndarray) -> torch.Tensor:
-        """[N, S, S, 3] uint8 crops, the layout `encoder_outputs` reads."""
-        return torch.cat([(faces.crops(rows[k : k + 256]) * 255).round().to(torch.uint8).permute(0, 2, 3, 1) for k in range(0, len(rows), 256)])
-
     def _decomposition(self, ctx: Context) -> dict[str, float]:
         """Age probes on each part: fitted on UTKFace train faces, measured on the `val` split."""
-        if not hasattr(self, "_probe_sets"):
+        if self._probe_sets is None:
             val = [i for i in read_labels(self.args.utkface, Path(self.args.utkface) / "labels.csv", split="val") if i.age is not None]
             val_faces = AlignedFaces(val, "arcface", 112, cache_dir=self.args.cache_dir)
             rows = np.linspace(0, len(self.utk) - 1, min(PROBE_TRAIN_FACES, len(self.utk))).round().astype(int)
             self._probe_sets = (
-                (self._uint8_crops(self.utk, rows), self.utk_ages[rows]),
-                (self._uint8_crops(val_faces, np.arange(len(val_faces))), torch.tensor([i.age for i in val], dtype=torch.float32)),
+                (uint8_crops(self.utk, rows), self.utk_ages[rows]),
+                (uint8_crops(val_faces, np.arange(len(val_faces))), torch.tensor([i.age for i in val], dtype=torch.float32)),
             )
         (train, train_ages), (val, val_ages) = self._probe_sets
         results = probe_maes(encoder_outputs(self.encoder, train), train_ages, encoder_outputs(self.encoder, val), val_ages)

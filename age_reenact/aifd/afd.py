@@ -52,13 +52,9 @@ class AttentionDecomposition(nn.Module):
         spatial = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
         return 0.5 * (self.channel(pooled) + self.spatial(spatial))
 
-    def split(self, x: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_id, x_age) of maps x under a given attention; they sum to x."""
-        attended = x * attention
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone maps -> (x_id, x_age), which sum to x."""
+        attended = x * self.attention(x)
         if self.variant == "tpami":
             return attended, x - attended
         return x - attended, attended
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone maps -> (x_id, x_age), which sum to x."""
-        return self.split(x, self.attention(x))
