@@ -132,6 +132,9 @@ def test_ddp_two_processes_match_one(tiny_faces, tmp_path):
     two = train(tiny_faces, tmp_path / "two", "--steps", "2", "--norm", "group", "--no-bf16", "--nproc", "2")
     for a, b in zip(one, two):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # The provenance gives the command as typed, --nproc included (torchrun's workers never see it).
+    command = read_weights(tmp_path / "two" / "age_estimator.safetensors").provenance["command"]
+    assert command.startswith("python -m training age_estimator") and command.endswith("--nproc 2")
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,11 @@ class Task(ABC):
 
 def training_command() -> str:
     """The command line of this run, as a user would type it again (for exported files' provenance)."""
-    return "python -m training " + shlex.join(sys.argv[1:])
+    argv = sys.argv[1:]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # re-launched under torchrun, which was given everything but --nproc
+        argv = [*argv, "--nproc", str(world)]
+    return "python -m training " + shlex.join(argv)
 
 
 def _unwrap(obj: Any) -> Any:
