@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from age_reenact.aifd.encoder import ARCHITECTURE, PREPROCESSING, AIFDEncoder
+from age_reenact.aifd.similarity import UNIT, identity_embedding
 from age_reenact.evaluation.identity_eval import best_threshold, encoder_outputs, probe_maes, train_pairs
 from age_reenact.labels import LabelledImage, lfw_items, lfw_pairs, read_labels
 from age_reenact.weights import build_model, read_weights, save_weights
@@ -284,12 +285,12 @@ class AIFDTask(Task):
 
     @torch.no_grad()
     def embed(self, faces: AlignedFaces, rows: np.ndarray, ctx: Context) -> torch.Tensor:
+        """Flip-averaged unit embeddings, as the Face Similarity node computes them."""
         encoder = self.encoder.eval()
         out = []
         for start in range(0, len(rows), 128):
-            x = faces.crops(rows[start : start + 128]).to(ctx.device) * 2 - 1
             with ctx.autocast():
-                out.append(F.normalize((encoder(x).float() + encoder(x.flip(-1)).float()), dim=1))
+                out.append(identity_embedding(encoder, faces.crops(rows[start : start + 128]).to(ctx.device), UNIT, flip_average=True))
         return torch.cat(out).cpu()
 
     def _verification_sets(self, ctx: Context):
