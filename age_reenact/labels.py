@@ -1,5 +1,6 @@
-"""Labelled face folders: ages from a CSV (file, age[, split]) or from UTKFace-style names (`AGE_...`), and
-identity-labelled LFW-style folders (`images/<Person>/<Person>_NNNN.jpg`, people.csv with splits, pairs CSVs)."""
+"""Labelled face folders: ages from a CSV (file, age[, split]) or from UTKFace-style names (`AGE_...`),
+identity-labelled LFW-style folders (`images/<Person>/<Person>_NNNN.jpg`, people.csv with splits, pairs CSVs),
+and FG-NET-style folders where both are known (labels.csv: file, person, age, split; images/)."""
 from __future__ import annotations
 
 import csv
@@ -48,6 +49,7 @@ class IdentityImage:
     path: Path
     person: str
     split: str
+    age: float | None = None
 
 
 def lfw_items(root: str | Path, split: str | None = "train") -> list[IdentityImage]:
@@ -71,3 +73,11 @@ def lfw_pairs(root: str | Path, name: str = "pairs_test.csv") -> list[tuple[Path
 
     with open(root / name, newline="") as handle:
         return [(image(r["person_a"], r["image_a"]), image(r["person_b"], r["image_b"]), r["same"] == "1") for r in csv.DictReader(handle)]
+
+
+def fgnet_items(root: str | Path, split: str | None = "test") -> list[IdentityImage]:
+    """FG-NET-style images with person and age (labels.csv: file, person, age, split; images/), of `split` (None = all)."""
+    root = Path(root)
+    with open(root / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [IdentityImage(root / "images" / r["file"], r["person"], r["split"], float(r["age"])) for r in rows if split is None or r["split"] == split]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_decomposition_probe_and_command(tiny_lfw, encoder, tmp_path, capsys):
     results = decomposition_probe(encoder, utk)
     assert results["train_faces"] == results["test_faces"] == 4
     assert results["predict_mean_mae"] == pytest.approx(20.0)
-    for key in ("identity_part_probe_mae", "embedding_probe_mae", "age_part_probe_mae", "age_head_mae"):
+    for key in ("identity_part_probe_mae", "embedding_probe_mae", "age_part_probe_mae", "age_head_mae", "dlib_embedding_probe_mae"):
         assert np.isfinite(results[key])
     # The test faces are the train faces: a fitted probe reads their ages back.
     assert results["age_part_probe_mae"] < 5.0
@@ -123,3 +124,52 @@ def test_decomposition_probe_and_command(tiny_lfw, encoder, tmp_path, capsys):
     assert "| dlib ResNet (distance) |" in capsys.readouterr().out
     saved = json.loads((out / "identity_metrics.json").read_text())
     assert set(saved) == {"verification", "decomposition"} and (out / "identity_table.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_fgnet(tmp_path_factory):
+    """Two people, each at ages 5 and 30 (the photo and its mirror image), in the train and the test split: FG-NET's layout."""
+    root = tmp_path_factory.mktemp("fgnet")
+    (root / "images").mkdir()
+    rows = []
+    for k, (person, photos) in enumerate(_photos().items()):
+        for split, pid in (("train", f"{k:03d}"), ("test", f"{k + 10:03d}")):
+            for photo, age in zip(photos, (5, 30)):
+                name = f"{pid}A{age:02d}.jpg"
+                photo.save(root / "images" / name, quality=95)
+                rows.append({"file": name, "person": pid, "age": age, "split": split})
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["file", "person", "age", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_cross_age_pairs_are_years_apart_and_balanced():
+    from age_reenact.evaluation.identity_eval import cross_age_pairs
+    from age_reenact.labels import IdentityImage
+
+    items = [IdentityImage(Path(f"{p}{a}.jpg"), p, "test", a) for p, a in (("a", 1), ("a", 5), ("a", 20), ("b", 3), ("b", 40), ("c", 10))]
+    a, b, same = cross_age_pairs(items, min_gap=10)
+    people, ages = np.array([i.person for i in items]), np.array([i.age for i in items])
+    assert same.sum() == (~same).sum() == 3  # a1-a20, a5-a20, b3-b40; a1-a5 is too close
+    assert (people[a][same] == people[b][same]).all() and (np.abs(ages[a] - ages[b])[same] >= 10).all()
+    assert (people[a][~same] != people[b][~same]).all() and len(set(zip(a[~same], b[~same]))) == 3
+    with pytest.raises(ValueError, match="years apart"):
+        cross_age_pairs(items, min_gap=50)
+
+
+def test_verification_across_ages_on_test_people(tiny_fgnet, encoder, tmp_path, capsys):
+    from age_reenact.evaluation.identity_eval import verify_across_ages
+
+    results = verify_across_ages(encoder, tiny_fgnet, min_gap=10)
+    assert results["test_people"] == 2 and results["test_same_pairs"] == results["test_different_pairs"] == 2
+    assert results["hog_missed"] == 0 and results["unusable"] == 0
+    # A face and its mirror image are the same person to dlib, and Albert is not Eileen.
+    assert results["dlib"]["test_accuracy"] == 1.0 and results["dlib"]["true_accept_at_0.6"] == 1.0
+    assert all(0.0 <= results[m][k] <= 1.0 for m in ("ours", "dlib") for k in ("test_accuracy", "true_accept_at_1pct_false_accept"))
+
+    model = tmp_path / "aifd.safetensors"
+    save_weights(model, encoder.state_dict(), "aifd_encoder", dict(depth=[1, 1, 1, 1], widths=[8, 16, 32, 32], embedding_dim=32))
+    assert main(["evaluate", "identity", "--model", str(model), "--fgnet", str(tiny_fgnet), "--out", str(tmp_path / "report")]) == 0
+    assert "Across ages (FG-NET, 2 test people)" in capsys.readouterr().out

@@ -10,7 +10,12 @@ and UTKFace are pre-centred chips), for both models alike.
 Decomposition (the paper's eq. 1), on a UTKFace-style folder: how well age can be read from the identity
 part, the identity embedding, and the age part. Each is probed by the same small network (the shape of
 the training's adversary) fitted on the `train` split and measured on the `test` split (MAE in years).
-The encoder's own age head on the age part is reported beside them.
+The encoder's own age head on the age part is reported beside them, and dlib's embedding is probed the
+same way as the reference (an identity network trained with no care for age).
+
+Across ages, on an FG-NET-style folder (people photographed at many ages, split by person): same-person
+pairs at least `min_gap` years apart against as many different-person pairs, test people only; the
+threshold is the best-accuracy one on the same kind of pairs of the train people.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from ..aifd.similarity import UNIT, encoder_input, identity_embedding
 from ..face.crop import crops_from_points, extract_crops
 from ..face.detect import Face, FaceDetector, five_points_from_68
 from ..images import ImageInputError, load_image, to_uint8
-from ..labels import lfw_items, lfw_pairs, read_labels
+from ..labels import IdentityImage, fgnet_items, lfw_items, lfw_pairs, read_labels
 from .dlib_identity import SAME_PERSON_DISTANCE, dlib_embedding
 
 Progress = Callable[[str, int, int], None]
@@ -150,15 +155,7 @@ def verify_on_lfw(encoder: AIFDEncoder, lfw: Path, train_pair_count: int = 1500,
     }
     results = {"pairs_test": len(test), "train_pairs": len(tsame), "images": len(paths),
                "hog_missed": int((~aligned.detected & aligned.usable).sum()), "unusable": int((~aligned.usable).sum())}
-    usable = aligned.usable
-
-    def scored(similarity: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.where(usable[a] & usable[b], similarity, -np.inf)  # a pair with an unusable image never matches
-
-    scores = {
-        "ours": lambda a, b: scored((embedding[a] * embedding[b]).sum(1), a, b),
-        "dlib": lambda a, b: scored(-np.linalg.norm(aligned.dlib[a] - aligned.dlib[b], axis=1), a, b),  # negated: higher = more alike
-    }
+    scores = _pair_scorers(aligned, embedding)
     for name, score in scores.items():
         threshold = best_threshold(score(*pairs["train"][:2]), pairs["train"][2])
         results[name] = {
@@ -177,6 +174,67 @@ def verify_on_lfw(encoder: AIFDEncoder, lfw: Path, train_pair_count: int = 1500,
         "test_true_accept": float((test_scores[test_same] > strict).mean()),
         "test_false_accept": float((test_scores[~test_same] > strict).mean()),
     }
+    return results
+
+
+def _pair_scorers(aligned: AlignedSet, embedding: np.ndarray) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """Pair scores, higher = more alike: the encoder's cosine and dlib's negated distance."""
+    usable = aligned.usable
+
+    def scored(similarity: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(usable[a] & usable[b], similarity, -np.inf)  # a pair with an unusable image never matches
+
+    return {
+        "ours": lambda a, b: scored((embedding[a] * embedding[b]).sum(1), a, b),
+        "dlib": lambda a, b: scored(-np.linalg.norm(aligned.dlib[a] - aligned.dlib[b], axis=1), a, b),
+    }
+
+
+def cross_age_pairs(items: Sequence[IdentityImage], min_gap: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every same-person pair at least `min_gap` years apart, and as many random different-person pairs (rows of `items`)."""
+    a, b = [], []
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            if items[i].person == items[j].person and abs(items[i].age - items[j].age) >= min_gap:
+                a.append(i), b.append(j)
+    if not a or len({i.person for i in items}) < 2:
+        raise ValueError(f"cross-age pairs need a person photographed {min_gap:g}+ years apart and two different people.")
+    rng = np.random.default_rng(seed)
+    different: set[tuple[int, int]] = set()
+    while len(different) < len(a):
+        i, j = sorted(rng.choice(len(items), 2, replace=False))
+        if items[i].person != items[j].person:
+            different.add((int(i), int(j)))
+    da, db = zip(*sorted(different))
+    return np.array(a + list(da)), np.array(b + list(db)), np.array([True] * len(a) + [False] * len(da))
+
+
+def verify_across_ages(encoder: AIFDEncoder, fgnet: Path, min_gap: float = 10, seed: int = 0, progress: Progress | None = None) -> dict:
+    """Same person years apart vs different people, on test people, with the threshold chosen on train people."""
+    items = {split: fgnet_items(fgnet, split) for split in ("train", "test")}
+    paths = [i.path for i in items["train"] + items["test"]]
+    offset = {"train": 0, "test": len(items["train"])}
+    aligned = align_faces(paths, encoder.input_size, with_dlib=True, progress=progress)
+    scores = _pair_scorers(aligned, encoder_outputs(encoder, aligned.crops)["embedding"].numpy())
+    pairs = {}
+    for split, rows in items.items():
+        a, b, same = cross_age_pairs(rows, min_gap, seed)
+        pairs[split] = (a + offset[split], b + offset[split], same)
+    test_same = pairs["test"][2]
+    results = {"min_gap": min_gap, "test_people": len({i.person for i in items["test"]}), "test_same_pairs": int(test_same.sum()),
+               "test_different_pairs": int((~test_same).sum()), "train_pairs": len(pairs["train"][2]), "images": len(paths),
+               "hog_missed": int((~aligned.detected & aligned.usable).sum()), "unusable": int((~aligned.usable).sum())}
+    for name, score in scores.items():
+        train_scores, test_scores = score(*pairs["train"][:2]), score(*pairs["test"][:2])
+        threshold = best_threshold(train_scores, pairs["train"][2])
+        different = test_scores[~test_same]
+        at_1pct = float(np.quantile(different[np.isfinite(different)], 0.99))  # the test ROC's point where 1 % of different pairs pass
+        results[name] = {
+            "threshold": threshold if name == "ours" else -threshold,
+            "test_accuracy": _accuracy(test_scores, test_same, threshold),
+            "true_accept_at_1pct_false_accept": float((test_scores[test_same] > at_1pct).mean()),
+        }
+    results["dlib"]["true_accept_at_0.6"] = float((scores["dlib"](*pairs["test"][:2])[test_same] > -SAME_PERSON_DISTANCE).mean())
     return results
 
 
@@ -204,17 +262,21 @@ def decomposition_probe(encoder: AIFDEncoder, utkface: Path, limit: int | None =
         items = [i for i in read_labels(utkface, Path(utkface) / "labels.csv", split=split) if i.age is not None]
         if limit and len(items) > limit:  # spread over the list: files sorted by name are sorted by age in UTKFace
             items = [items[k] for k in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-        aligned = align_faces([i.path for i in items], encoder.input_size, progress=progress)
+        aligned = align_faces([i.path for i in items], encoder.input_size, with_dlib=True, progress=progress)
         keep = np.flatnonzero(aligned.usable)
         outputs = encoder_outputs(encoder, aligned.crops[keep])
+        outputs["dlib_embedding"] = torch.from_numpy(aligned.dlib[keep])
         splits[split] = (outputs, torch.tensor([items[k].age for k in keep], dtype=torch.float32))
     return probe_maes(*splits["train"], *splits["test"])
 
 
 def probe_maes(train: dict[str, torch.Tensor], train_ages: torch.Tensor, test: dict[str, torch.Tensor], test_ages: torch.Tensor) -> dict:
-    """From `encoder_outputs` of train and test faces: test MAE of a probe fitted on each part, the age head's, the mean's."""
+    """From `encoder_outputs` of train and test faces: test MAE of a probe fitted on each part (and on dlib's embedding
+    when given), the age head's, the mean's."""
     results = {"train_faces": len(train_ages), "test_faces": len(test_ages), "predict_mean_mae": float((test_ages - train_ages.mean()).abs().mean())}
-    for part in ("identity_part", "embedding", "age_part"):
+    for part in ("identity_part", "embedding", "age_part", "dlib_embedding"):
+        if part not in train:
+            continue
         probe = fit_probe(train[part], train_ages)
         results[f"{part}_probe_mae"] = float((probe(test[part]) - test_ages).abs().mean())
     results["age_head_mae"] = float((test["age_head"] - test_ages).abs().mean())
@@ -252,19 +314,40 @@ def identity_table(results: dict) -> str:
             f"| identity embedding, probe | {d['embedding_probe_mae']:.2f} |",
             f"| age part (pooled), probe | {d['age_part_probe_mae']:.2f} |",
             f"| age part, the encoder's age head | {d['age_head_mae']:.2f} |",
+            *([f"| dlib's embedding (reference), probe | {d['dlib_embedding_probe_mae']:.2f} |"] if "dlib_embedding_probe_mae" in d else []),
             f"| nothing (the train mean age) | {d['predict_mean_mae']:.2f} |",
+            "",
         ]
-    return "\n".join(lines)
+    if "cross_age" in results:
+        c = results["cross_age"]
+        lines += [
+            f"Across ages (FG-NET, {c['test_people']} test people): {c['test_same_pairs']} same-person pairs at least {c['min_gap']:g} years "
+            f"apart, {c['test_different_pairs']} different-person pairs; thresholds chosen on {c['train_pairs']} such pairs of train people "
+            f"({c['hog_missed']} of {c['images']} images without a detected face used the fallback box, {c['unusable']} unusable).",
+            "",
+            "| model | threshold | test accuracy | true accepts at 1 % false accepts |",
+            "|---|---:|---:|---:|",
+            f"| AIFD encoder (cosine) | {c['ours']['threshold']:.3f} | {100 * c['ours']['test_accuracy']:.1f} % | "
+            f"{100 * c['ours']['true_accept_at_1pct_false_accept']:.1f} % |",
+            f"| dlib ResNet (distance) | {c['dlib']['threshold']:.3f} | {100 * c['dlib']['test_accuracy']:.1f} % | "
+            f"{100 * c['dlib']['true_accept_at_1pct_false_accept']:.1f} % |",
+            "",
+            f"dlib at its published 0.6 accepts {100 * c['dlib']['true_accept_at_0.6']:.1f} % of the same-person pairs.",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def evaluate_identity(encoder: AIFDEncoder, lfw: Path | None, utkface: Path | None, out: Path, seed: int = 0,
-                      limit: int | None = None, train_pair_count: int = 1500, progress: Progress | None = None) -> dict:
+                      limit: int | None = None, train_pair_count: int = 1500, progress: Progress | None = None,
+                      fgnet: Path | None = None, min_gap: float = 10) -> dict:
     results: dict = {}
     if lfw is not None:
         results["verification"] = verify_on_lfw(encoder, lfw, train_pair_count, seed, progress)
     if utkface is not None:
         results["decomposition"] = decomposition_probe(encoder, utkface, limit, progress)
+    if fgnet is not None:
+        results["cross_age"] = verify_across_ages(encoder, fgnet, min_gap, seed, progress)
     out.mkdir(parents=True, exist_ok=True)
     (out / "identity_metrics.json").write_text(json.dumps(results, indent=2))
-    (out / "identity_table.md").write_text(identity_table(results) + "\n")
+    (out / "identity_table.md").write_text(identity_table(results))
     return results
