@@ -7,6 +7,8 @@ device instead). auto precision: fp16 on CUDA, bf16 on CPUs with native bf16 (AV
 from __future__ import annotations
 
 import platform
+from contextlib import nullcontext
+from typing import ContextManager
 
 import torch
 
@@ -52,3 +54,10 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is the GPU path; on a CPU choose bf16 (fast on CPUs with AMX/AVX512-BF16) or fp32.")
     return DTYPES[precision]
+
+
+def autocast(device: str | torch.device, dtype: torch.dtype) -> ContextManager:
+    """Run a block under autocast at `dtype` (bf16 or fp16); fp32 runs as written."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

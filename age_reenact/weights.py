@@ -10,7 +10,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -166,16 +166,21 @@ def load_checkpoint(path: str | Path) -> Any:
 
 @dataclass
 class Converter:
-    """Turns an official checkpoint's state_dict into (state_dict, architecture, config, preprocessing)."""
+    """Turns official checkpoints into (state_dict, architecture, config, preprocessing).
+
+    `inputs` names the files it takes, in order (most converters take one); `convert` gets their
+    contents in that order.
+    """
 
     name: str
     description: str
-    convert: Callable[[Any], tuple[dict[str, torch.Tensor], str, dict, dict]]
+    convert: Callable[..., tuple[dict[str, torch.Tensor], str, dict, dict]]
+    inputs: tuple[str, ...] = ("checkpoint",)
 
 
-def register_converter(name: str, description: str) -> Callable:
+def register_converter(name: str, description: str, inputs: tuple[str, ...] = ("checkpoint",)) -> Callable:
     def decorate(fn):
-        _CONVERTERS[name] = Converter(name, description, fn)
+        _CONVERTERS[name] = Converter(name, description, fn, inputs)
         return fn
 
     return decorate
@@ -185,9 +190,24 @@ def converters() -> dict[str, Converter]:
     return dict(_CONVERTERS)
 
 
-def convert_checkpoint(name: str, source: str | Path, destination: str | Path) -> Path:
-    """Convert an official checkpoint file to a safetensors file with metadata."""
+def convert_checkpoint(name: str, sources: str | Path | Sequence[str | Path], destination: str | Path) -> Path:
+    """Convert official checkpoint file(s) to a safetensors file with metadata.
+
+    Every refusal names the converter and each file with its role, so a message about "the backbone
+    file" says which file on disk that was.
+    """
     if name not in _CONVERTERS:
         raise WeightsError(f"unknown converter {name!r}; available: {sorted(_CONVERTERS)}")
-    state_dict, architecture, config, preprocessing = _CONVERTERS[name].convert(load_checkpoint(source))
-    return save_weights(destination, state_dict, architecture, config, preprocessing, {"converted_from": Path(source).name, "converter": name})
+    converter = _CONVERTERS[name]
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    if len(sources) != len(converter.inputs):
+        raise WeightsError(
+            f"converter {name!r} takes {len(converter.inputs)} file(s) ({', '.join(converter.inputs)}, in that order), got {len(sources)}."
+        )
+    files = ", ".join(f"{role} {Path(s).name}" for role, s in zip(converter.inputs, sources))
+    try:
+        state_dict, architecture, config, preprocessing = converter.convert(*(load_checkpoint(s) for s in sources))
+    except WeightsError as exc:
+        raise WeightsError(f"{name} ({files}): {exc}") from exc
+    provenance = {"converted_from": " + ".join(Path(s).name for s in sources), "converter": name}
+    return save_weights(destination, state_dict, architecture, config, preprocessing, provenance)

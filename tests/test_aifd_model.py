@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from age_reenact.aifd import AFD_VARIANTS, AIFDEncoder, AttentionDecomposition, load_encoder
+from age_reenact.aifd import AFD_VARIANTS, AIFDEncoder, AttentionDecomposition, identity_embedding, load_encoder
+from age_reenact.aifd.similarity import UNIT
 from age_reenact.weights import WeightsError, convert_checkpoint, read_weights, save_weights
 
 TINY = {"depth": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "embedding_dim": 64}
@@ -17,17 +18,17 @@ def _bn(prefix, n, state, one_d=False):
     state[f"{prefix}.num_batches_tracked"] = torch.tensor(100)
 
 
-def official_tpami_state_dict():
-    """The released MTLFace state_dict as paper-systems.md §3.2-3.4 and §9 list it (written from the
-    documented names and shapes, not from our modules), with a few synthesis keys the converter drops."""
+def official_encoder_state(prefix: str, fsm_width: int) -> dict:
+    """MTLFace's IR-50 + fsm + output_layer keys as paper-systems.md §3.2-3.3 lists them (written from the
+    documented names and shapes, not from our modules); `fsm_width` 14336 is TPAMI's, 7168 CVPR's."""
     s = {}
-    s["encoder.input_layer.0.weight"] = torch.randn(64, 3, 3, 3) * 0.1
-    _bn("encoder.input_layer.1", 64, s)
-    s["encoder.input_layer.2.weight"] = torch.full((64,), 0.25)
+    s[f"{prefix}input_layer.0.weight"] = torch.randn(64, 3, 3, 3) * 0.1
+    _bn(f"{prefix}input_layer.1", 64, s)
+    s[f"{prefix}input_layer.2.weight"] = torch.full((64,), 0.25)
     channels = 64
     for block, (units, width) in enumerate(zip(IR50_UNITS, IR50_WIDTHS), start=1):
         for unit in range(units):
-            p = f"encoder.block{block}.{unit}"
+            p = f"{prefix}block{block}.{unit}"
             _bn(f"{p}.res_layer.0", channels, s)
             s[f"{p}.res_layer.1.weight"] = torch.randn(width, channels, 3, 3) * 0.02
             _bn(f"{p}.res_layer.2", width, s)
@@ -38,22 +39,34 @@ def official_tpami_state_dict():
                 s[f"{p}.shortcut_layer.0.weight"] = torch.randn(width, channels, 1, 1) * 0.05
                 _bn(f"{p}.shortcut_layer.1", width, s)
             channels = width
-    s["encoder.fsm.spatial.0.weight"] = torch.randn(1, 2, 7, 7) * 0.1
-    _bn("encoder.fsm.spatial.1", 1, s)
-    s["encoder.fsm.channel.0.weight"] = torch.randn(896, 14336, 1, 1) * 0.01
-    s["encoder.fsm.channel.2.weight"] = torch.randn(512, 896, 1, 1) * 0.03
-    _bn("encoder.fsm.channel.3", 512, s)
-    _bn("encoder.output_layer.0", 512, s)
-    s["encoder.output_layer.3.weight"] = torch.randn(512, 25088) * 0.006
-    s["encoder.output_layer.3.bias"] = torch.zeros(512)
-    _bn("encoder.output_layer.4", 512, s)
-    _bn("age_estimator.age_output_layer.0", 512, s)
-    s["age_estimator.age_output_layer.2.weight"] = torch.randn(512, 25088) * 0.006
-    s["age_estimator.age_output_layer.2.bias"] = torch.zeros(512)
-    s["age_estimator.age_output_layer.4.weight"] = torch.randn(101, 512) * 0.04
-    s["age_estimator.age_output_layer.4.bias"] = torch.zeros(101)
-    s["age_estimator.group_output_layer.weight"] = torch.randn(7, 101) * 0.1
-    s["age_estimator.group_output_layer.bias"] = torch.zeros(7)
+    s[f"{prefix}fsm.spatial.0.weight"] = torch.randn(1, 2, 7, 7) * 0.1
+    _bn(f"{prefix}fsm.spatial.1", 1, s)
+    s[f"{prefix}fsm.channel.0.weight"] = torch.randn(fsm_width // 16, fsm_width, 1, 1) * 0.01
+    s[f"{prefix}fsm.channel.2.weight"] = torch.randn(512, fsm_width // 16, 1, 1) * 0.03
+    _bn(f"{prefix}fsm.channel.3", 512, s)
+    _bn(f"{prefix}output_layer.0", 512, s)
+    s[f"{prefix}output_layer.3.weight"] = torch.randn(512, 25088) * 0.006
+    s[f"{prefix}output_layer.3.bias"] = torch.zeros(512)
+    _bn(f"{prefix}output_layer.4", 512, s)
+    return s
+
+
+def official_age_head_state(prefix: str) -> dict:
+    """MTLFace's AgeEstimationModule keys (§3.3), without TPAMI's `expectation` buffer."""
+    s = {}
+    _bn(f"{prefix}age_output_layer.0", 512, s)
+    s[f"{prefix}age_output_layer.2.weight"] = torch.randn(512, 25088) * 0.006
+    s[f"{prefix}age_output_layer.2.bias"] = torch.zeros(512)
+    s[f"{prefix}age_output_layer.4.weight"] = torch.randn(101, 512) * 0.04
+    s[f"{prefix}age_output_layer.4.bias"] = torch.zeros(101)
+    s[f"{prefix}group_output_layer.weight"] = torch.randn(7, 101) * 0.1
+    s[f"{prefix}group_output_layer.bias"] = torch.zeros(7)
+    return s
+
+
+def official_tpami_state_dict():
+    """The released MTLFace state_dict, with a few synthesis keys the converter drops."""
+    s = {**official_encoder_state("encoder.", 14336), **official_age_head_state("age_estimator.")}
     s["age_estimator.expectation"] = torch.arange(101).float()
     # Synthesis parts that E_A does not use.
     s["encoder.styles.0.linear.weight"] = torch.zeros(4, 4)
@@ -61,6 +74,15 @@ def official_tpami_state_dict():
     s["encoder.latlayer1.weight"] = torch.zeros(2, 2, 3, 3)
     s["decoder.latent_avg"] = torch.zeros(1, 1, 512)
     return s
+
+
+def save_official_cvpr_files(folder, iteration: int = 36000):
+    """A CVPR training run's `backbone-ITER` and `estimation_network-ITER` (LoggerX, DDP `module.` keys)."""
+    backbone, head = official_encoder_state("module.", 7168), official_age_head_state("module.")
+    paths = folder / f"backbone-{iteration}", folder / f"estimation_network-{iteration}"
+    torch.save(backbone, paths[0])
+    torch.save(head, paths[1])
+    return paths, backbone, head
 
 
 def test_tpami_checkpoint_converts_and_loads_strictly(tmp_path):
@@ -147,3 +169,86 @@ def test_bad_configs_fail_clearly():
         AIFDEncoder(depth=42)
     with pytest.raises(ValueError, match="4 stages"):
         AIFDEncoder(depth=[1, 1, 1], widths=[8, 8, 8])
+
+
+def test_cvpr_training_files_convert_and_load_strictly(tmp_path):
+    torch.manual_seed(0)
+    (backbone_file, head_file), backbone, head = save_official_cvpr_files(tmp_path)
+    converted = convert_checkpoint("mtlface_cvpr", [backbone_file, head_file], tmp_path / "mtlface_cvpr.safetensors")
+    weights = read_weights(converted, "aifd_encoder")
+    assert weights.config["afd_variant"] == "cvpr" and weights.config["depth"] == [3, 4, 14, 3]
+    assert weights.provenance["converted_from"] == "backbone-36000 + estimation_network-36000"
+    assert torch.equal(weights.state_dict["fsm.channel.0.weight"], backbone["module.fsm.channel.0.weight"])
+    assert torch.equal(weights.state_dict["age_estimator.group_output_layer.weight"], head["module.group_output_layer.weight"])
+    assert torch.equal(weights.state_dict["age_estimator.expectation"], torch.arange(101).float())
+    encoder = load_encoder(converted)
+    with torch.no_grad():
+        age, _ = encoder.estimate_age(torch.rand(1, 3, 112, 112) * 2 - 1)
+    assert 0 <= age.item() <= 100
+
+
+@pytest.mark.parametrize(
+    "broken, role",
+    [
+        (lambda b, h: b.pop("module.block3.13.res_layer.4.weight"), "backbone"),  # missing
+        (lambda b, h: b.__setitem__("module.head.kernel", torch.zeros(512, 10)), "backbone"),  # unexpected: the CosFace head
+        (lambda b, h: b.__setitem__("module.fsm.channel.0.weight", torch.zeros(896, 14336, 1, 1)), "backbone"),  # TPAMI-shaped
+        (lambda b, h: h.__setitem__("module.age_output_layer.2.weight", torch.zeros(512, 4608)), "estimation_network"),  # 48 px shape
+    ],
+)
+def test_cvpr_converter_refuses_mismatches_naming_key_and_file(tmp_path, broken, role):
+    torch.manual_seed(0)
+    (backbone_file, head_file), backbone, head = save_official_cvpr_files(tmp_path)
+    broken(backbone, head)
+    torch.save(backbone, backbone_file)
+    torch.save(head, head_file)
+    with pytest.raises(WeightsError) as error:
+        convert_checkpoint("mtlface_cvpr", [backbone_file, head_file], tmp_path / "out.safetensors")
+    message = str(error.value)
+    assert f"the {role} file" in message and "backbone backbone-36000" in message and "estimation_network estimation_network-36000" in message
+    assert any(key in message for key in ("block3.13.res_layer.4.weight", "head.kernel", "fsm.channel.0.weight", "age_output_layer.2.weight"))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_cvpr_converter_wants_both_files_in_order(tmp_path):
+    (backbone_file, head_file), _, _ = save_official_cvpr_files(tmp_path)
+    with pytest.raises(WeightsError, match="takes 2 file"):
+        convert_checkpoint("mtlface_cvpr", [backbone_file], tmp_path / "out.safetensors")
+    with pytest.raises(WeightsError, match="backbone file first"):
+        convert_checkpoint("mtlface_cvpr", [head_file, backbone_file], tmp_path / "out.safetensors")
+
+
+def test_age_is_flip_averaged_as_mtlface_encode_computes_it():
+    torch.manual_seed(0)
+    encoder = AIFDEncoder(**TINY, input_size=64).eval()
+    faces = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        # MTLFace.encode: the age estimator on each view's x_age, ages and group logits averaged.
+        views = [encoder.age_estimator(encoder.decompose(x)[1]) for x in (faces, faces.flip(3))]
+        age, groups = encoder.estimate_age(faces)
+        single, _ = encoder.estimate_age(faces, flip_average=False)
+    assert torch.allclose(age, (views[0][0] + views[1][0]) / 2, atol=1e-5)
+    assert torch.allclose(groups, (views[0][2] + views[1][2]) / 2, atol=1e-5)
+    assert torch.allclose(single, views[0][0], atol=1e-5)
+
+
+def test_channels_last_and_bf16_paths_agree_with_plain_fp32():
+    torch.manual_seed(0)
+    encoder = AIFDEncoder(**TINY, input_size=64).eval()
+    plain = AIFDEncoder(**TINY, input_size=64).to(memory_format=torch.contiguous_format).eval()
+    plain.load_state_dict(encoder.state_dict())
+    assert encoder.input_layer[0].weight.is_contiguous(memory_format=torch.channels_last)
+    faces = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        x = plain.input_layer(faces * 2 - 1)  # the official forward: contiguous NCHW throughout
+        for stage in (plain.block1, plain.block2, plain.block3, plain.block4):
+            x = stage(x)
+        reference = torch.nn.functional.normalize(plain.output_layer(plain.fsm(x)[0]), dim=1)
+        fp32 = identity_embedding(encoder, faces, UNIT)
+        bf16 = identity_embedding(encoder, faces, UNIT, dtype=torch.bfloat16)
+        age32, _ = encoder.estimate_age(faces * 2 - 1)
+        age16, _ = encoder.estimate_age(faces * 2 - 1, dtype=torch.bfloat16)
+    assert fp32.dtype == bf16.dtype == torch.float32
+    assert (fp32 - reference).abs().max() < 1e-5
+    assert (fp32 * bf16).sum(1).min() > 0.99  # cosine of the bf16 and fp32 embeddings
+    assert (age32 - age16).abs().max() < 1.0

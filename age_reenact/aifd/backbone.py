@@ -86,8 +86,8 @@ class IRBackbone(nn.Module):
             channels = width
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> the last stage's maps [B, widths[-1], S/16, S/16]."""
-        x = self.input_layer(x)
+        """[B, 3, S, S] -> the last stage's maps [B, widths[-1], S/16, S/16] (channels_last in memory)."""
+        x = self.input_layer(x.contiguous(memory_format=torch.channels_last))
         for index in range(1, STAGES + 1):
             x = getattr(self, f"block{index}")(x)
         return x

@@ -1,9 +1,14 @@
-"""Converter from MTLFace's released TPAMI checkpoint (`mtlface_checkpoints.tar`) to an AIFD encoder file.
+"""Converters from MTLFace's checkpoints to AIFD encoder files.
 
-The release is a plain state_dict of the whole MTLFace model (encoder, StyleGAN2 decoder, aging
-modules, age estimator). E_A needs only the identity encoder (`encoder.input_layer`, `block1..4`,
-`fsm`, `output_layer`) and the age head (`age_estimator.*`); the synthesis parts are dropped.
-Usage: `age-reenact convert mtlface_tpami mtlface_checkpoints.tar weights/aifd/mtlface_tpami.safetensors`.
+- `mtlface_tpami`: the released TPAMI checkpoint (`mtlface_checkpoints.tar`), a plain state_dict of the
+  whole MTLFace model (encoder, StyleGAN2 decoder, aging modules, age estimator). E_A needs only the
+  identity encoder (`encoder.input_layer`, `block1..4`, `fsm`, `output_layer`) and the age head
+  (`age_estimator.*`); the synthesis parts are dropped.
+  `age-reenact convert mtlface_tpami mtlface_checkpoints.tar weights/aifd/mtlface_tpami.safetensors`
+- `mtlface_cvpr`: a CVPR-code training run's files (`LoggerX` saves each network as `{name}-{iter}`,
+  DDP-wrapped so keys start with `module.`): the backbone (AIResNet with the CVPR `fsm`) and the
+  estimation network (the age head, without the TPAMI `expectation` buffer, which is added).
+  `age-reenact convert mtlface_cvpr backbone-36000 estimation_network-36000 weights/aifd/mtlface_cvpr.safetensors`
 """
 from __future__ import annotations
 
@@ -27,8 +32,15 @@ def _encoder_key(key: str) -> str | None:
     return None
 
 
-def _config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def _config(state: Mapping[str, torch.Tensor], afd_variant: str) -> dict[str, Any]:
     """Read the layout off the tensor shapes, so IR variants other than IR-50 convert too."""
+    try:
+        return _layout(state, afd_variant)
+    except (KeyError, ValueError) as exc:
+        raise WeightsError(f"cannot read the network's layout off its tensors: {exc} is missing or malformed.") from exc
+
+
+def _layout(state: Mapping[str, torch.Tensor], afd_variant: str) -> dict[str, Any]:
     depth = [1 + max(int(k.split(".")[1]) for k in state if k.startswith(f"block{i}.")) for i in range(1, STAGES + 1)]
     widths = [int(state[f"block{i}.0.res_layer.1.weight"].shape[0]) for i in range(1, STAGES + 1)]
     embedding_dim, flat = state["output_layer.3.weight"].shape
@@ -37,7 +49,7 @@ def _config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "depth": depth,
         "widths": widths,
         "embedding_dim": int(embedding_dim),
-        "afd_variant": "tpami",
+        "afd_variant": afd_variant,
         "input_size": 16 * spatial,
         "num_age_classes": int(state["age_estimator.age_output_layer.4.weight"].shape[0]),
         "num_age_groups": int(state["age_estimator.group_output_layer.weight"].shape[0]),
@@ -56,7 +68,39 @@ def convert_mtlface_tpami(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str
     missing = [k for k in ("age_estimator.group_output_layer.weight", "output_layer.3.weight") if k not in state]
     if missing:
         raise WeightsError(f"the MTLFace checkpoint lacks {missing}; it is incomplete or not the TPAMI release.")
-    config = _config(state)
+    config = _config(state, "tpami")
     # Fail here, with the full list of mismatches, rather than when the converted file is first loaded.
     load_state_dict_strict(AIFDEncoder(**config), state, source="the MTLFace TPAMI checkpoint")
+    return state, ARCHITECTURE, config, PREPROCESSING
+
+
+def _unwrapped(checkpoint: Any, role: str, first_key: str) -> dict[str, torch.Tensor]:
+    """A CVPR file's state_dict without DDP's `module.` prefix; refused unless it holds `first_key`."""
+    state = {k.removeprefix("module."): v for k, v in checkpoint.items()} if isinstance(checkpoint, Mapping) else {}
+    if first_key not in state:
+        found = list(state)[:5] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise WeightsError(
+            f"the {role} file is not an MTLFace CVPR {role} state_dict: expected '{first_key}' (with or without 'module.'), got {found}. "
+            "Give the backbone file first, then the estimation_network file, both of the same iteration."
+        )
+    return state
+
+
+@register_converter(
+    "mtlface_cvpr",
+    "MTLFace CVPR training files (backbone-ITER, estimation_network-ITER; module. keys) -> AIFD identity encoder + age head",
+    inputs=("backbone", "estimation_network"),
+)
+def convert_mtlface_cvpr(backbone: Any, estimation_network: Any) -> tuple[dict[str, torch.Tensor], str, dict, dict]:
+    head = {f"age_estimator.{k}": v for k, v in _unwrapped(estimation_network, "estimation_network", "group_output_layer.weight").items()}
+    classes = int(head["age_estimator.group_output_layer.weight"].shape[1])
+    head["age_estimator.expectation"] = torch.arange(classes, dtype=torch.float32)  # CVPR computes it in get_dex_age
+    state = {**_unwrapped(backbone, "backbone", "input_layer.0.weight"), **head}
+    if "output_layer.3.weight" not in state or "age_estimator.age_output_layer.4.weight" not in state:
+        raise WeightsError("the backbone file lacks output_layer.3.weight or the estimation_network file lacks age_output_layer.4.weight; a file is incomplete.")
+    config = _config(state, "cvpr")
+    model = AIFDEncoder(**config)
+    # The head first, on its own, so that every remaining mismatch is the backbone file's.
+    load_state_dict_strict(model.age_estimator, {k.removeprefix("age_estimator."): v for k, v in head.items()}, source="the estimation_network file")
+    load_state_dict_strict(model, state, source="the backbone file")
     return state, ARCHITECTURE, config, PREPROCESSING

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..devices import autocast
 from ..face.crop import detect_crops, extract_crops
 from ..face.detect import FaceDetector
 from ..images import to_image_batch
@@ -41,14 +42,20 @@ def encoder_input(faces: torch.Tensor, value_range: tuple[float, float] = SIGNED
 
 
 def identity_embedding(
-    encoder: AIFDEncoder, faces: torch.Tensor, value_range: tuple[float, float] = SIGNED, flip_average: bool = False
+    encoder: AIFDEncoder,
+    faces: torch.Tensor,
+    value_range: tuple[float, float] = SIGNED,
+    flip_average: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """L2-normalised identity embeddings [B, D] of aligned faces; with `flip_average`, of the face and its
-    mirror image averaged and re-normalised (MTLFace's `encode`), which steadies the score under pose."""
+    """L2-normalised fp32 identity embeddings [B, D] of aligned faces, the encoder running at `dtype` (bf16
+    under autocast); with `flip_average`, of the face and its mirror image averaged and re-normalised
+    (MTLFace's `encode`), which steadies the score under pose."""
     faces = encoder_input(faces, value_range, encoder.input_size)
-    if not flip_average:
-        return encoder(faces)
-    direct, mirrored = encoder(torch.cat([faces, faces.flip(3)])).chunk(2)
+    with autocast(faces.device, dtype):
+        if not flip_average:
+            return encoder(faces)
+        direct, mirrored = encoder(torch.cat([faces, faces.flip(3)])).chunk(2)
     return F.normalize(direct + mirrored, dim=1)
 
 
@@ -80,8 +87,10 @@ class FaceSimilarity:
     need, measured on pairs of different people.
     """
 
-    def __init__(self, encoder: AIFDEncoder, detector: FaceDetector | None = None, flip_average: bool = True, chunk: int = 16):
-        self.encoder, self.detector, self.flip_average, self.chunk = encoder, detector, flip_average, chunk
+    def __init__(
+        self, encoder: AIFDEncoder, detector: FaceDetector | None = None, flip_average: bool = True, chunk: int = 16, dtype: torch.dtype = torch.float32
+    ):
+        self.encoder, self.detector, self.flip_average, self.chunk, self.dtype = encoder, detector, flip_average, chunk, dtype
 
     def faces(self, images: torch.Tensor, name: str = "image", progress: Progress | None = None) -> torch.Tensor:
         """IMAGE batch -> aligned faces [N, 3, S, S] in 0..1 (detected and cropped when a detector is set)."""
@@ -99,7 +108,7 @@ class FaceSimilarity:
         out = []
         for start in range(0, len(faces), self.chunk):
             batch = faces[start : start + self.chunk].to(device)
-            out.append(identity_embedding(self.encoder, batch, UNIT, self.flip_average).cpu())
+            out.append(identity_embedding(self.encoder, batch, UNIT, self.flip_average, self.dtype).cpu())
             if progress is not None:
                 progress(min(start + self.chunk, len(faces)), len(faces))
         return torch.cat(out)
