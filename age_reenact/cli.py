@@ -121,14 +121,15 @@ def _evaluate_identity(args: argparse.Namespace) -> None:
     from .aifd.encoder import load_encoder
     from .evaluation.identity_eval import evaluate_identity, identity_table
 
-    if not (args.lfw or args.utkface):
-        raise ValueError("give --lfw (verification) and/or --utkface (decomposition probe).")
+    if not (args.lfw or args.utkface or args.fgnet):
+        raise ValueError("give --lfw (verification), --utkface (decomposition probe) and/or --fgnet (verification across ages).")
     path = _model_file("aifd", args.model)
     bars = _ProgressBars()
-    lfw, utkface = (args.lfw and Path(args.lfw)), (args.utkface and Path(args.utkface))
-    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, args.train_pairs, bars.phase)
+    lfw, utkface, fgnet = (Path(f) if f else None for f in (args.lfw, args.utkface, args.fgnet))
+    results = evaluate_identity(load_encoder(path), lfw, utkface, Path(args.out), args.seed, args.limit, args.train_pairs, bars.phase,
+                                fgnet, args.min_gap)
     bars.close()
-    print(identity_table(results))
+    print(identity_table(results), end="")
     print(f"wrote {args.out}/identity_table.md and identity_metrics.json")
 
 
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_argument("--model", default=BUNDLED["aifd"], help="AIFD encoder file, or a name in the aifd folders")
     identity.add_argument("--lfw", help="LFW-style folder (people.csv, images/, pairs_test.csv)")
     identity.add_argument("--utkface", help="UTKFace-style folder with labels.csv (train and test splits) for the decomposition probe")
+    identity.add_argument("--fgnet", help="FG-NET-style folder (labels.csv with person, age, split; images/): verification across ages")
+    identity.add_argument("--min-gap", type=float, default=10, help="same-person FG-NET pairs are at least this many years apart")
     identity.add_argument("--limit", type=int, help="at most this many faces per UTKFace split")
     identity.add_argument("--train-pairs", type=int, default=1500, help="same-person and different-person pairs of LFW train people for the thresholds (each)")
     identity.add_argument("--seed", type=int, default=0)
