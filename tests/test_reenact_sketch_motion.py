@@ -6,8 +6,15 @@ import pytest
 
 from age_reenact.face.crop import crops_from_points
 from age_reenact.face.templates import five_points_from_68
+from age_reenact.reenact.cv_line import draw_line
 from age_reenact.reenact.motion import MotionTransfer, OneEuroFilter, smoothing_filter
 from age_reenact.reenact.sketch import STROKES, draw_sketch, line_width, pose_variant, rebuild_eyelids, render_sketches
+
+from conftest import FIXTURES
+
+# Sketches drawn by OpenCV 4.7 itself, as the official demo draws them (tools/make_sketch_fixtures.py).
+CV2_SKETCHES = np.load(FIXTURES / "sketches_cv2.npz")
+CV2_CASES = sorted(k.removesuffix("_landmarks") for k in CV2_SKETCHES.files if k.endswith("_landmarks"))
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +94,40 @@ def test_pose_dependent_strokes(einstein_crop):
     other[30, 0] = other[42, 0] - 5
     assert pose_variant(other, 256) == "turned_left"
     _check_strokes(draw_sketch(other, 256), other, STROKES["turned_left"], 2)
+
+
+@pytest.mark.parametrize("case", CV2_CASES)
+def test_sketches_equal_opencv_pixel_for_pixel(case):
+    """Every stroke set, the truncated 30 px threshold, strokes far outside the frame, thickness 1, 2, 4."""
+    size = int(case.rsplit("_", 1)[1])
+    landmarks = CV2_SKETCHES[f"{case}_landmarks"]
+    expected = np.unpackbits(CV2_SKETCHES[f"{case}_sketch"], axis=-1)[:, :size].astype(bool)
+    assert np.array_equal(draw_sketch(landmarks, size) > 0, expected)
+    assert np.array_equal(render_sketches(landmarks[None], size)[0, 0].numpy() == 1, expected)
+
+
+def test_pose_threshold_on_truncated_pixels():
+    """The demo tests int(x42) - int(x36) <= 30: a 30.7 px gap whose whole pixels are 30 apart is turned."""
+    landmarks = CV2_SKETCHES["threshold_256_landmarks"]
+    assert landmarks[42, 0] - landmarks[36, 0] > 30 and pose_variant(landmarks, 256) == "turned_right"
+
+
+def test_cv_line_matches_installed_opencv():
+    """Random segments (zero-length, negative and off-image end points, thickness 1-5) against cv2.line."""
+    cv2 = pytest.importorskip("cv2", reason="cv2 (opencv-python-headless, requirements-dev.txt) draws the reference lines")
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        size, thickness = int(rng.choice([16, 33, 64])), int(rng.integers(1, 6))
+        # End points within `thickness` of the frame: OpenCV after 4.7 first clips a thick segment to the
+        # frame grown by its thickness, so further out the releases differ (the fixtures hold 4.7's rule).
+        p = rng.integers(-thickness, size + thickness, 4)
+        if rng.random() < 0.1:
+            p[2:] = p[:2]
+        expected = np.zeros((size, size), np.uint8)
+        cv2.line(expected, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), 255, thickness)
+        drawn = np.zeros((size, size), np.uint8)
+        draw_line(drawn, (p[0], p[1]), (p[2], p[3]), 255, thickness)
+        assert np.array_equal(drawn, expected), (size, thickness, p.tolist())
 
 
 def test_non_finite_landmarks_give_black_sketches(einstein_crop):

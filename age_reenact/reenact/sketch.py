@@ -1,10 +1,11 @@
 """Landmark sketches, the RFG's input: white (1.0) lines on black at the model size.
 
-Follows the official demo's renderer: line width 2 at 256 px (scaled with the size), and a pose-dependent
-choice of strokes. When the face is turned so far that the eyes' horizontal extent on one side is at most
-30 px (at 256) and the nose tip has crossed the inner eye corner, only the visible half is drawn (its jaw
-line, brow, eye, nostril and mouth half), as the official sketches do. Training sketches were 0/1
-images, so lines are drawn without anti-aliasing.
+Pixel for pixel the official demo's renderer: landmarks truncated to whole pixels (`int()`), each stroke
+segment drawn by `cv2.line` at thickness 2 at 256 px (scaled with the size; `cv_line` reimplements it),
+and a pose-dependent choice of strokes. When the face is turned so far that the eyes' horizontal extent on
+one side is at most 30 px (at 256, on the truncated pixels) and the nose tip has crossed the inner eye
+corner, only the visible half is drawn (its jaw line, brow, eye, nostril and mouth half), as the official
+sketches do. Training sketches were 0/1 images, so lines are drawn without anti-aliasing.
 
 Also here: the demo's eyelid rebuild, applied to the shape generator's output before drawing.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+
+from .cv_line import draw_line
 
 REFERENCE_SIZE = 256  # the official renderer's pixel frame: line width 2, pose threshold 30 px
 LINE_WIDTH = 2
@@ -59,9 +61,14 @@ def line_width(size: int) -> int:
     return max(1, round(LINE_WIDTH * size / REFERENCE_SIZE))
 
 
+def _whole_pixels(landmarks: np.ndarray) -> np.ndarray:
+    """Landmarks truncated towards zero, as the demo's `int(float(x))` does before testing and drawing."""
+    return np.trunc(np.asarray(landmarks, dtype=np.float64)).astype(np.int64)
+
+
 def pose_variant(landmarks: np.ndarray, size: int) -> str:
     """Which strokes the official renderer draws for these landmarks (pixels at `size`)."""
-    x = np.asarray(landmarks)[:, 0]
+    x = _whole_pixels(landmarks)[:, 0]
     threshold = POSE_THRESHOLD * size / REFERENCE_SIZE
     if x[42] - x[36] <= threshold and x[30] > x[42]:
         return "turned_right"
@@ -72,19 +79,13 @@ def pose_variant(landmarks: np.ndarray, size: int) -> str:
 
 def draw_sketch(landmarks: np.ndarray, size: int) -> np.ndarray:
     """One sketch: (68, 2) landmarks in pixels at `size` -> uint8 [size, size], 255 on the strokes."""
-    canvas = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
+    canvas = np.zeros((size, size), dtype=np.uint8)
     width = line_width(size)
-    radius = (width - 1) / 2.0
-    # Whole-pixel coordinates, truncated as the official renderer does before drawing.
-    pixels = np.trunc(np.asarray(landmarks, dtype=np.float64)).astype(int)
+    pixels = _whole_pixels(landmarks).tolist()
     for stroke in STROKES[pose_variant(landmarks, size)]:
-        points = [tuple(p) for p in pixels[stroke].tolist()]
-        draw.line(points, fill=255, width=width)
-        if width > 1:  # round joints and caps, as OpenCV draws thick lines
-            for x, y in points:
-                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=255)
-    return np.asarray(canvas)
+        for a, b in zip(stroke, stroke[1:]):  # segment by segment, as the demo calls cv2.line
+            draw_line(canvas, pixels[a], pixels[b], 255, width)
+    return canvas
 
 
 def render_sketches(landmarks: np.ndarray, size: int) -> torch.Tensor:
