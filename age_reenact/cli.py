@@ -80,7 +80,11 @@ def _relabel(args: argparse.Namespace) -> None:
     from .estimator.relabel import relabel_folder
 
     bars = _ProgressBars("relabelling")
-    added = relabel_folder(_estimator(args.model), args.images, args.out, FaceDetector(upsample=args.upsample), bars)
+    try:
+        added = relabel_folder(_estimator(args.model), args.images, args.out, FaceDetector(upsample=args.upsample), bars, args.force)
+    except KeyboardInterrupt:
+        bars.close()
+        raise KeyboardInterrupt(f"{args.out} holds every image done so far; run the same command again to resume") from None
     bars.close()
     print(f"{added} image(s) added to {args.out}")
 
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     relabel.add_argument("images")
     relabel.add_argument("--out", required=True, help="CSV to write or resume: file, age, group, reason")
     relabel.add_argument("--model", default=BUNDLED["age_estimator"], help="estimator file, or a name in the age_estimator folders")
-    relabel.add_argument("--upsample", type=int, default=1)
+    relabel.add_argument("--upsample", type=int, default=1, help="another value than the CSV's retries its 'no face found' rows")
+    relabel.add_argument("--force", action="store_true", help="add to a CSV whose rows came from another model or landmark scheme")
     relabel.set_defaults(run=_relabel)
 
     evaluate = commands.add_parser("evaluate", help="quality reports").add_subparsers(dest="what", required=True)
@@ -349,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"age-reenact: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, no traceback
+        print(f"age-reenact: interrupted{f'; {exc}' if str(exc) else ''}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,7 +1,8 @@
 """Image batches as the pack passes them around: float32 [B, H, W, 3] in 0..1 (ComfyUI's IMAGE layout).
 
-Everything that enters the core goes through `to_image_batch` (tensors) or `load_image` (files), so odd
-modes and sizes fail here with a message that says what to do, never deep inside torch or dlib.
+Everything that enters the core goes through `to_image_batch` (tensors) or `read_image` / `load_image`
+(files), so odd modes and sizes fail here with a message that says what to do, never deep inside torch or
+dlib, and every command and node reads files by the same rules.
 """
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ MAX_SIDE = 16384
 
 
 class ImageInputError(ValueError):
-    """An image the pack cannot use; the message says how to fix the input."""
+    """An image the pack cannot use; the message says how to fix the input, `reason` names the problem in a
+    few words for tables and CSV rows (truncated, not an image, too small: 12x9 px, ...)."""
+
+    def __init__(self, message: str, reason: str = "unusable image"):
+        super().__init__(message)
+        self.reason = reason
 
 
-def to_image_batch(images: torch.Tensor, name: str = "image") -> torch.Tensor:
+def to_image_batch(images: torch.Tensor, name: str = "image", keep_uint8: bool = False) -> torch.Tensor:
     """Validate and normalise an IMAGE-like tensor to float32 [B, H, W, 3] in 0..1.
 
     Accepts [H, W, C] or [B, H, W, C] with C = 1 (grey, repeated), 3, or 4 (alpha dropped); integer
-    dtypes are scaled by their range (uint8 /255, 16-bit /65535).
+    dtypes are scaled by their range (uint8 /255, 16-bit /65535). keep_uint8: uint8 input comes back as a
+    uint8 view instead, for callers that read only parts of the frames (a 24 MP photo is 288 MB as floats).
     """
     if not isinstance(images, torch.Tensor):
         raise ImageInputError(f"{name}: expected an IMAGE tensor, got {type(images).__name__}.")
@@ -40,10 +47,9 @@ def to_image_batch(images: torch.Tensor, name: str = "image") -> torch.Tensor:
         raise ImageInputError(f"{name}: the batch is empty; connect at least one image.")
     if c not in (1, 3, 4):
         raise ImageInputError(f"{name}: expected 1, 3 or 4 channels in the last axis, got {c} (shape {tuple(images.shape)}).")
-    if min(h, w) < MIN_SIDE:
-        raise ImageInputError(f"{name}: {w}x{h} px is too small; faces need images of at least {MIN_SIDE} px a side.")
-    if max(h, w) > MAX_SIDE:
-        raise ImageInputError(f"{name}: {w}x{h} px exceeds {MAX_SIDE} px a side; downscale it first.")
+    _check_size(w, h, name)
+    if keep_uint8 and images.dtype == torch.uint8:
+        return images.expand(-1, -1, -1, 3) if c == 1 else images[..., :3]
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
     elif images.dtype in (torch.int16, torch.int32, torch.uint16, torch.int64):
@@ -61,35 +67,73 @@ def to_image_batch(images: torch.Tensor, name: str = "image") -> torch.Tensor:
     return images.clamp(0.0, 1.0).contiguous()
 
 
+def _check_size(w: int, h: int, name: str) -> None:
+    if min(h, w) < MIN_SIDE:
+        raise ImageInputError(f"{name}: {w}x{h} px is too small; faces need images of at least {MIN_SIDE} px a side.", f"too small: {w}x{h} px")
+    if max(h, w) > MAX_SIDE:
+        raise ImageInputError(f"{name}: {w}x{h} px exceeds {MAX_SIDE} px a side; downscale it first.", f"too large: {w}x{h} px")
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """One [H, W, 3] float image in 0..1 -> contiguous uint8 numpy array (what dlib wants)."""
+    """One [H, W, 3] image (float in 0..1, or uint8 as it is) -> contiguous uint8 numpy array (what dlib wants)."""
+    if image.dtype == torch.uint8:
+        return np.ascontiguousarray(image.cpu().numpy())
     return np.ascontiguousarray((image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy())
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file into a [1, H, W, 3] float batch; any PIL mode, 8 or 16 bit."""
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into uint8 RGB [H, W, 3]: the one file reader of the pack (commands, evaluation, training).
+
+    JPEG, PNG, GIF, WebP, TIFF, BMP (the first frame of animations and multi-page files), EXIF rotation
+    applied. Transparent areas become black; 16-bit and 32-bit grey is scaled by its range; CMYK and other
+    modes are converted to RGB. A file that cannot be used raises ImageInputError whose `reason` says why:
+    not found, not an image, truncated, unreadable, too small, too large.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise ImageInputError(f"image file not found: {path}")
+        raise ImageInputError(f"image file not found: {path}", "not found")
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float32)
-                scale = 65535.0 if array.max() > 255 else 255.0
-                tensor = torch.from_numpy(array / scale)[..., None]
-            else:
-                if img.mode in ("RGBA", "LA", "P", "PA"):
-                    # Composite on black so transparent areas do not bring garbage colours.
-                    img = img.convert("RGBA")
-                    background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                    img = Image.alpha_composite(background, img)
-                tensor = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())
+            _check_size(*img.size, str(path))  # before decoding: no memory spent on a file that is refused anyway
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            return _rgb_array(img)
+    except ImageInputError:
+        raise
     except UnidentifiedImageError as exc:
-        raise ImageInputError(f"{path} is not an image PIL can read ({exc}).") from exc
-    return to_image_batch(tensor, name=str(path))
+        raise ImageInputError(f"{path} is not an image PIL can read ({exc}).", "not an image") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(f"{path}: {exc}", "too large") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # A cut-off download or copy reads as "image file is truncated"; other damage as decoder errors.
+        reason = "truncated" if "truncated" in str(exc).lower() else f"unreadable: {exc}"
+        raise ImageInputError(f"{path} could not be decoded ({exc}); the file is damaged or incomplete.", reason) from exc
+
+
+def _rgb_array(img) -> np.ndarray:
+    """A decoded PIL image of any mode -> uint8 RGB [H, W, 3]."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if array.max() > 255 else 255.0  # 16-bit data, or 8-bit values stored wide
+        grey = (np.clip(array / scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        # Composite on black so transparent areas do not bring garbage colours.
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", img.size)
+        img.paste(rgba, mask=rgba)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img)
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file (see `read_image`) into a [1, H, W, 3] float batch."""
+    return to_image_batch(torch.from_numpy(read_image(path)), name=str(path))
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> None:

@@ -64,3 +64,16 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"needs the shared dataset {name} at {path} (not part of a fresh clone)")
     return path
+
+
+def bad_image_files(folder: Path) -> dict[str, str]:
+    """A truncated JPEG, a text file named .jpg and a 12x9 PNG in `folder`, each with the reason it gets."""
+    from PIL import Image
+
+    with Image.open(FIXTURES / "astronaut.png") as image:
+        image.save(folder / "cut.jpg", quality=90)
+    data = (folder / "cut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])  # a download that stopped half way
+    (folder / "notes.jpg").write_text("not a picture")
+    Image.new("RGB", (12, 9)).save(folder / "tiny.png")
+    return {"cut.jpg": "truncated", "notes.jpg": "not an image", "tiny.png": "too small: 12x9 px"}

@@ -1,15 +1,18 @@
 """Age estimator: readouts, converters, training on the shared engine (steps, reload, DDP), node, relabel."""
 import json
 import os
+import csv
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, bad_image_files
 from age_reenact.estimator.predict import AgeEstimator, readouts
 from age_reenact.estimator.resnet import AgeResNet
 from age_reenact.estimator.vggface2 import VGGFace2AgeResNet50
@@ -181,3 +184,145 @@ def test_relabel_writes_and_resumes(tmp_path, tiny_estimator_file):
     rows = out.read_text().splitlines()
     assert rows[0] == "file,age,group,reason" and len(rows) == 4
     assert any(r.startswith("broken.jpg,,,") for r in rows)
+
+
+def test_photo_degradations_keep_shape_and_range_and_do_what_they_say():
+    from training.photo_degrade import degrade
+
+    torch.manual_seed(0)
+    crops = torch.rand(4, 3, 64, 64)
+    assert torch.equal(degrade(crops, None, {}), crops)  # nothing asked, nothing changed
+    for setting in ({"downscale": 1.0, "min_size": 16}, {"blur": 1.0, "max_sigma": 1.5}, {"jpeg": 1.0, "quality": (20, 30)}):
+        out = degrade(crops, torch.Generator().manual_seed(1), setting)
+        assert out.shape == crops.shape and 0.0 <= out.min() and out.max() <= 1.0
+        # Noise has all its energy at high frequencies: each degradation removes some of it.
+        assert (out[..., 1:] - out[..., :-1]).abs().mean() < 0.9 * (crops[..., 1:] - crops[..., :-1]).abs().mean(), setting
+
+
+def test_training_on_several_labelled_folders(tiny_faces, tmp_path):
+    from training.age_estimator import labelled_sources
+
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    shutil.copy(FIXTURES / "astronaut.png", other / "images" / "a.png")
+    (other / "labels.csv").write_text("file,age,split\na.png,70,train\n")
+    first = tmp_path / "first.csv"
+    first.write_text("file,age,split\n" + "".join(f"{p.name},{p.name.split('_')[0]},train\n" for p in sorted(tiny_faces.glob("*.png"))))
+    items = labelled_sources([str(tiny_faces), str(other / "images")], [str(first), str(other / "labels.csv")])
+    assert [i.age for i in items] == [25, 35, 45, 55, 70]
+    with pytest.raises(ValueError, match="one --labels per --images"):
+        labelled_sources([str(tiny_faces), str(other / "images")], [str(other / "labels.csv")])
+    history = train(tiny_faces, tmp_path / "run", "--labels", str(first), "--images", str(other / "images"), "--labels", str(other / "labels.csv"),
+                    "--steps", "2", "--photo-augment")
+    assert len(history) == 2
+
+
+def read_rows(path) -> dict[str, dict]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len({r["file"] for r in rows}) == len(rows), "a file has two rows"
+    return {r["file"]: r for r in rows}
+
+
+def test_relabel_gives_bad_files_a_row_and_reads_every_format(tmp_path, tiny_estimator_file):
+    from PIL import Image
+
+    from age_reenact.estimator.relabel import relabel_folder
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    reasons = bad_image_files(folder)
+    with Image.open(FIXTURES / "astronaut.png") as astronaut:
+        for suffix in ("gif", "webp", "tiff", "bmp"):
+            astronaut.save(folder / f"astronaut.{suffix}")
+    out = tmp_path / "ages.csv"
+    assert relabel_folder(AgeEstimator.load(tiny_estimator_file), folder, out) == 7
+    rows = read_rows(out)
+    assert {name: rows[name]["reason"] for name in reasons} == reasons
+    assert all(rows[f"astronaut.{suffix}"]["age"] and not rows[f"astronaut.{suffix}"]["reason"] for suffix in ("gif", "webp", "tiff", "bmp"))
+
+
+def test_relabel_retries_no_face_rows_when_detection_changes(tmp_path, tiny_estimator_file):
+    from PIL import Image
+
+    from age_reenact.estimator.relabel import NO_FACE, relabel_folder, settings_path
+    from age_reenact.face.detect import FaceDetector
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "astronaut.png", folder / "a.png")
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / "blank.png")
+    estimator, out = AgeEstimator.load(tiny_estimator_file), tmp_path / "ages.csv"
+    assert relabel_folder(estimator, folder, out, FaceDetector(upsample=1)) == 2
+    assert relabel_folder(estimator, folder, out, FaceDetector(upsample=1)) == 0  # same settings: nothing to redo
+    before = read_rows(out)
+    assert before["blank.png"]["reason"] == NO_FACE
+    assert relabel_folder(estimator, folder, out, FaceDetector(upsample=0)) == 1  # only the no-face row
+    assert read_rows(out) == before and json.loads(settings_path(out).read_text())["detection"]["upsample"] == 0
+    assert relabel_folder(estimator, folder, out, FaceDetector(upsample=0)) == 0
+
+
+def test_relabel_refuses_another_model_unless_forced(tmp_path, tiny_estimator_file):
+    from age_reenact.estimator.relabel import SettingsMismatch, relabel_folder, settings_path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "astronaut.png", folder / "a.png")
+    out = tmp_path / "ages.csv"
+    assert relabel_folder(AgeEstimator.load(tiny_estimator_file), folder, out) == 1
+    renamed = shutil.copy(tiny_estimator_file, tmp_path / "renamed.safetensors")
+    assert relabel_folder(AgeEstimator.load(renamed), folder, out) == 0  # the same weights under another name
+    torch.manual_seed(1)
+    other = save_weights(tmp_path / "other.safetensors", AgeResNet(**TINY).state_dict(), "age_resnet", TINY, PREPROCESSING)
+    shutil.copy(FIXTURES / "astronaut.png", folder / "b.png")
+    with pytest.raises(SettingsMismatch, match=r"1 row\(s\) may come from another model or alignment \(model: renamed.safetensors"):
+        relabel_folder(AgeEstimator.load(other), folder, out)
+    assert set(read_rows(out)) == {"a.png"}  # refused before writing anything
+    assert relabel_folder(AgeEstimator.load(other), folder, out, force=True) == 1
+    assert json.loads(settings_path(out).read_text())["model"]["name"] == "other.safetensors"
+    settings_path(out).unlink()  # a CSV from before the record existed
+    with pytest.raises(SettingsMismatch, match="ages.csv.json, the record of their model and settings, is missing"):
+        relabel_folder(AgeEstimator.load(other), folder, out)
+
+
+def test_relabel_redoes_a_row_cut_off_by_a_kill(tmp_path, tiny_estimator_file):
+    from age_reenact.estimator.relabel import relabel_folder
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(FIXTURES / "astronaut.png", folder / name)
+    estimator, out = AgeEstimator.load(tiny_estimator_file), tmp_path / "ages.csv"
+    relabel_folder(estimator, folder, out)
+    complete = out.read_bytes()
+    out.write_bytes(complete[: complete.rindex(b"b.png") + 8])  # killed while writing b's row
+    assert relabel_folder(estimator, folder, out) == 1
+    assert out.read_bytes() == complete
+
+
+def test_relabel_ctrl_c_prints_one_line_and_leaves_a_resumable_csv(tmp_path, tiny_estimator_file):
+    from PIL import Image
+
+    from age_reenact.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (300, 48, 48, 3), dtype=np.uint8)
+    for i, image in enumerate(noise):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    out = tmp_path / "ages.csv"
+    command = ["relabel", str(folder), "--out", str(out), "--model", str(tiny_estimator_file)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "age_reenact.cli", *command], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (not out.is_file() or len(out.read_text().splitlines()) < 4) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"age-reenact: interrupted; {out} holds every image done so far; run the same command again to resume"
+    done = read_rows(out)
+    assert 3 <= len(done) < 300
+    assert main(command) == 0
+    rows = read_rows(out)
+    assert len(rows) == 300 and all(rows[name] == row for name, row in done.items())

@@ -5,10 +5,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import bad_image_files
 from age_reenact import model_paths
-from age_reenact.face.crop import detect_crops
+from age_reenact.face.align import warp_affine
+from age_reenact.face.crop import crops_from_points, detect_crops, extract_crops
 from age_reenact.face.detect import FaceDetector
-from age_reenact.images import ImageInputError, load_image, to_image_batch
+from age_reenact.images import ImageInputError, load_image, read_image, to_image_batch
 from age_reenact.weights import (
     WeightsError,
     build_model,
@@ -61,12 +63,53 @@ def test_unreadable_image_file(tmp_path):
         load_image(tmp_path / "broken.png")
 
 
+def test_bad_image_files_name_their_reason(tmp_path):
+    for name, reason in bad_image_files(tmp_path).items():
+        with pytest.raises(ImageInputError, match=name) as caught:
+            read_image(tmp_path / name)
+        assert caught.value.reason == reason
+
+
+def test_every_format_and_mode_reads_as_rgb(tmp_path):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # 64 wide, 48 high: a left-to-right ramp
+    rgb = Image.fromarray(grey).convert("RGB")
+    second = Image.new("RGB", rgb.size, (255, 0, 0))
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(tmp_path / "anim.gif", save_all=True, append_images=[second])
+    rgb.save(tmp_path / "pages.tiff", save_all=True, append_images=[second])
+    rgb.convert("RGBA").save(tmp_path / "alpha.webp", lossless=True)
+    rgb.save(tmp_path / "plain.bmp")
+    rgb.convert("CMYK").save(tmp_path / "cmyk.tiff")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.tiff")
+    Image.fromarray(grey).convert("LA").save(tmp_path / "grey_alpha.png")
+    for name in ("anim.gif", "pages.tiff", "alpha.webp", "plain.bmp", "cmyk.tiff", "sixteen.tiff", "grey_alpha.png"):
+        array = read_image(tmp_path / name)
+        assert array.shape == (48, 64, 3) and array.dtype == np.uint8, name
+        # The first frame and page, converted from any mode to the same grey ramp.
+        assert np.abs(array.astype(int) - grey[..., None]).max() <= 1, name
+    half = np.zeros((20, 20, 4), dtype=np.uint8)
+    half[..., 0], half[:, 10:, 3] = 255, 255  # red, transparent on the left: black there, not red
+    Image.fromarray(half).save(tmp_path / "half.png")
+    assert read_image(tmp_path / "half.png")[:, :10].max() == 0 and (read_image(tmp_path / "half.png")[:, 10:, 0] == 255).all()
+
+
 def test_huge_frame_is_detected_on_a_downscaled_copy(astronaut):
     # 10000x10000: detection runs at detect_max_side; landmarks and crop at full resolution.
     big = torch.nn.functional.interpolate(astronaut.permute(0, 3, 1, 2), size=(10000, 10000), mode="nearest").permute(0, 2, 3, 1)
     face_crop = detect_crops(big, FaceDetector(upsample=0, detect_max_side=512), "arcface", 112)
     small = detect_crops(astronaut, FaceDetector(upsample=0), "arcface", 112)
     assert np.abs(face_crop.points5 / (10000 / 512) - small.points5).max() < 3.0
+
+
+def test_crops_read_only_their_region_and_match_the_whole_frame(astronaut):
+    # A uint8 frame is cropped region by region, never converted whole; the crops equal whole-frame warps.
+    big = torch.nn.functional.interpolate(astronaut.permute(0, 3, 1, 2), size=(3000, 3000), mode="bilinear").permute(0, 2, 3, 1)
+    frame = (big * 255).round().byte()
+    points = np.array([[220.0, 190], [290, 190], [255, 235], [225, 275], [285, 275]])  # a face's 5 points, 512 px frame
+    # The face at full size, a face a tenth as big (a strong anti-alias factor), and one half outside the frame.
+    faces = [points * 3000 / 512, points * 0.6 + 1000, points * 3000 / 512 + 1500]
+    face_crop = crops_from_points((3000, 3000), 1, [0] * 3, faces, faces, "arcface", 112)
+    whole = warp_affine(frame.float().div(255).permute(0, 3, 1, 2).expand(3, -1, -1, -1), face_crop.matrices, (112, 112)).clamp(0, 1).permute(0, 2, 3, 1)
+    assert torch.allclose(extract_crops(frame, face_crop), whole, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "a/../../b.safetensors", "C:\\models\\x.safetensors", "..\\x.sft", ""])

@@ -32,8 +32,8 @@ from age_reenact.augment.pose_maps import STYLES, draw_pose_maps
 from age_reenact.face.crop import crops_from_points, extract_crops
 from age_reenact.face.templates import five_points_from_68
 from age_reenact.images import load_image, save_image
+from age_reenact.labels import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FIELDS = ["file", "source", "yaw", "pitch", "roll", "age", "group"]
 MANIFEST = "manifest.csv"
 

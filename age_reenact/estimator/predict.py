@@ -101,6 +101,7 @@ class AgeEstimator:
     def estimate(self, images: torch.Tensor, detector: FaceDetector, choice: str = "all", on_no_face: str = "passthrough") -> tuple[np.ndarray, FaceCrops]:
         """Ages of the faces in frames; frames without a face give NaN (reason: no face found)."""
         face_crop = detect_crops(images, detector, self.convention, self.preprocessing["size"], choice, 0, on_no_face)
-        ages = self.estimate_crops(extract_crops(images, face_crop)).ages(self.readout).cpu().numpy()
-        ages[~face_crop.valid] = np.nan
+        found = np.flatnonzero(face_crop.valid)  # frames without a face are not cropped at all (a large photo's centre)
+        ages = np.full(len(face_crop), np.nan, dtype=np.float32)
+        ages[found] = self.estimate_crops(extract_crops(images, face_crop.select(found))).ages(self.readout).cpu().numpy()
         return ages, face_crop

@@ -65,6 +65,11 @@ def matrix_scale(matrix: np.ndarray) -> float:
     return float(math.sqrt(abs(np.linalg.det(np.asarray(matrix)[:, :2]))))
 
 
+def antialias_factor(matrix: np.ndarray) -> int:
+    """The integer box-filter factor `warp_affine` applies before a warp that shrinks by `matrix` (1: none)."""
+    return max(1, math.floor(0.5 / matrix_scale(matrix)))
+
+
 def _normalise(size_hw: tuple[int, int]) -> torch.Tensor:
     """Pixel coords -> grid_sample's [-1, 1] coords (align_corners=False)."""
     h, w = size_hw
@@ -94,8 +99,7 @@ def warp_affine(
     matrices = torch.as_tensor(np.asarray(matrices), dtype=torch.float64).reshape(-1, 2, 3)
     if matrices.shape[0] != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {matrices.shape[0]} matrices")
-    scales = torch.linalg.det(matrices[:, :, :2]).abs().sqrt()
-    factors = (0.5 / scales).floor().clamp(min=1).long() if antialias else torch.ones(len(matrices), dtype=torch.long)
+    factors = torch.tensor([antialias_factor(m) if antialias else 1 for m in matrices.numpy()], dtype=torch.long)
     output = images.new_zeros(images.shape[0], images.shape[1], *out_size)
     for factor in factors.unique().tolist():
         index = (factors == factor).nonzero().squeeze(1)

@@ -1,14 +1,16 @@
 """Face crops of a batch of frames, and the record (`FaceCrops`) that lets them be pasted back."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..images import to_image_batch, to_uint8
-from .align import fit_to_convention, invert_affine, transform_points, warp_affine
+from .align import antialias_factor, fit_to_convention, invert_affine, transform_points, warp_affine
 from .detect import Face, FaceDetector
 from .templates import get_convention
 
@@ -92,17 +94,24 @@ def crops_from_points(
     size: int,
     valid: Sequence[bool] | None = None,
 ) -> FaceCrops:
-    """A `FaceCrops` record from known face points (detected, hand-labelled, or from another tool)."""
+    """A `FaceCrops` record from known face points (detected, hand-labelled, or from another tool).
+
+    Rows with 68 landmarks are aligned on the five points the convention's official code takes from them
+    (its own eye rule, `CropConvention.alignment_points`); other rows on `points5`. The record keeps the
+    points each crop was fitted to.
+    """
     conv = get_convention(convention)
     valid = np.ones(len(frame_index), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    matrices, templates = [], []
-    for ok, p5 in zip(valid, points5):
+    matrices, templates, fitted = [], [], []
+    for ok, lm, p5 in zip(valid, landmarks, points5):
         if ok:
+            p5 = conv.alignment_points(lm, p5)
             matrix, template = fit_to_convention(p5, conv, size)
         else:
             matrix, template = _centre_square(*frame_size, size), -1
         matrices.append(matrix)
         templates.append(template)
+        fitted.append(p5)
     k = max((len(lm) for lm in landmarks), default=5)
     return FaceCrops(
         convention=convention,
@@ -112,10 +121,31 @@ def crops_from_points(
         frame_index=np.asarray(frame_index, dtype=np.int64),
         matrices=np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3),
         landmarks=np.asarray(landmarks, dtype=np.float64).reshape(-1, k, 2),
-        points5=np.asarray(points5, dtype=np.float64).reshape(-1, 5, 2),
+        points5=np.asarray(fitted, dtype=np.float64).reshape(-1, 5, 2),
         valid=valid,
         template_index=np.asarray(templates, dtype=np.int64),
     )
+
+
+def detect_faces(frame: torch.Tensor, detector: FaceDetector) -> list[Face]:
+    """Faces of one [H, W, 3] frame (uint8, or float in 0..1), in the frame's pixels.
+
+    A frame larger than the detector's `detect_max_side` is detected, landmarks included, on a copy scaled
+    down to it and the faces are scaled back: a 24 MP photo then costs no full-size copy, only the small one.
+    """
+    h, w = frame.shape[:2]
+    scale = detector.detect_max_side / max(h, w)
+    if scale >= 1.0:
+        return detector.detect(to_uint8(frame))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(frame.permute(2, 0, 1)[None], size=size, mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+    factor = np.array([w / size[1], h / size[0]])
+
+    def to_frame(points: np.ndarray) -> np.ndarray:  # pixel centres sit at integer coordinates
+        return ((points.reshape(-1, 2) + 0.5) * factor - 0.5).reshape(points.shape)
+
+    faces = detector.detect(to_uint8(small))
+    return [replace(f, box=to_frame(f.box), landmarks=to_frame(f.landmarks), points5=to_frame(f.points5)) for f in faces]
 
 
 def detect_crops(
@@ -131,12 +161,12 @@ def detect_crops(
     """Detect faces in every frame of an IMAGE batch and fit the crop convention to each chosen face."""
     if on_no_face not in NO_FACE_ACTIONS:
         raise ValueError(f"on_no_face must be one of {NO_FACE_ACTIONS}, got {on_no_face!r}")
-    images = to_image_batch(images)
+    images = to_image_batch(images, keep_uint8=True)
     b, h, w, _ = images.shape
     rows: dict[str, list] = {"frame_index": [], "landmarks": [], "points5": [], "valid": []}
     k = 68 if detector.landmarks == "68" else 5
     for frame in range(b):
-        faces = choose_faces(detector.detect(to_uint8(images[frame])), choice, index, frame)
+        faces = choose_faces(detect_faces(images[frame], detector), choice, index, frame)
         if not faces:
             if on_no_face == "error":
                 raise NoFaceError(
@@ -157,17 +187,45 @@ def detect_crops(
     return crops_from_points((h, w), b, convention=convention, size=size, **rows)
 
 
-def extract_crops(images: torch.Tensor, crops: FaceCrops, chunk: int = 16) -> torch.Tensor:
-    """Warp every crop of `crops` out of its frame: IMAGE [N, size, size, 3]."""
-    images = to_image_batch(images)
+def _source_region(matrix: np.ndarray, size: int, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The frame pixels (x0, y0, x1, y1) a crop reads: its footprint plus the resampling margin, clipped.
+
+    The origin sits on a multiple of the anti-alias factor so the box filter sees the same pixel blocks as on
+    the whole frame: the crop comes out as it would from the whole frame.
+    """
+    factor = antialias_factor(matrix)
+    edges = [-0.5, size - 0.5]
+    corners = transform_points(invert_affine(matrix), [[x, y] for x in edges for y in edges])
+    margin = 4 * factor + 2  # bicubic reads two (pooled) pixels past the footprint; a cut partial block lies beyond
+    h, w = frame_hw
+    x0 = max(0, math.floor(corners[:, 0].min()) - margin) // factor * factor
+    y0 = max(0, math.floor(corners[:, 1].min()) - margin) // factor * factor
+    x1 = min(w, math.ceil(corners[:, 0].max()) + margin + 1)
+    y1 = min(h, math.ceil(corners[:, 1].max()) + margin + 1)
+    return x0, y0, x1, y1
+
+
+def extract_crops(images: torch.Tensor, crops: FaceCrops) -> torch.Tensor:
+    """Warp every crop of `crops` out of its frame: IMAGE [N, size, size, 3].
+
+    Each crop reads only the region of its frame it covers, so frames may be uint8 and are never converted
+    to floats as a whole (a 24 MP photo would be 288 MB, a copy per step).
+    """
+    images = to_image_batch(images, keep_uint8=True)
     if images.shape[0] != crops.num_frames or tuple(images.shape[1:3]) != crops.frame_size:
         raise ValueError(
             f"these crops were made from {crops.num_frames} frame(s) of {crops.frame_size[1]}x{crops.frame_size[0]} px; "
             f"got {images.shape[0]} of {images.shape[2]}x{images.shape[1]} px. Connect the same images the crops came from."
         )
-    out = []
-    for start in range(0, len(crops), chunk):
-        rows = crops.frame_index[start : start + chunk]
-        frames = images[torch.as_tensor(rows)].permute(0, 3, 1, 2)
-        out.append(warp_affine(frames, crops.matrices[start : start + chunk], (crops.size, crops.size)).clamp(0, 1).permute(0, 2, 3, 1))
-    return torch.cat(out, 0) if out else images.new_zeros(0, crops.size, crops.size, 3)
+    out = torch.zeros(len(crops), crops.size, crops.size, 3, device=images.device)
+    for row, (frame, matrix) in enumerate(zip(crops.frame_index, crops.matrices)):
+        x0, y0, x1, y1 = _source_region(matrix, crops.size, crops.frame_size)
+        if x1 <= x0 or y1 <= y0:
+            continue  # the crop lies wholly outside its frame: black, as warping pads
+        region = images[frame, y0:y1, x0:x1]
+        region = region.float() / 255.0 if region.dtype == torch.uint8 else region
+        shifted = matrix.copy()
+        shifted[:, 2] += matrix[:, :2] @ [x0, y0]  # region pixels -> frame pixels -> crop pixels
+        crop = warp_affine(region.permute(2, 0, 1)[None], shifted[None], (crops.size, crops.size))
+        out[row] = crop[0].clamp(0, 1).permute(1, 2, 0)
+    return out
