@@ -4,7 +4,7 @@ The photo is synthetic: tests/fixtures/einstein.jpg scaled to the photo's height
 canvas, saved as a JPEG in a temporary folder. The bundled estimator is loaded first, outside the measured
 span; the span is one `relabel_folder` call on that folder (read, detect, crop, estimate, write the row).
 
-Usage: python benchmarks/bench_relabel_large.py [--size 6000 4000] [--repeats 3]
+Usage: python benchmarks/bench_relabel_large.py [--size 6000 4000] [--repeats 3] [--detector mtcnn|hog]
 Target (issue 17): at most 3 s and 400 MB peak resident memory for a 6000x4000 photo.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from age_reenact.bundled import BUNDLED  # noqa: E402
 from age_reenact.devices import describe_device  # noqa: E402
 from age_reenact.estimator.predict import AgeEstimator  # noqa: E402
 from age_reenact.estimator.relabel import relabel_folder  # noqa: E402
-from age_reenact.face.detect import FaceDetector  # noqa: E402
+from age_reenact.face.detect import DETECTORS, FaceDetector  # noqa: E402
 from age_reenact.model_paths import resolve_model  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "einstein.jpg"
@@ -45,10 +45,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[6000, 4000], metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--repeats", type=int, default=3, help="relabel runs (each on a fresh CSV); the median time is reported")
     parser.add_argument("--upsample", type=int, default=1)
+    parser.add_argument("--detector", choices=DETECTORS, default=DETECTORS[0])
     args = parser.parse_args()
 
     estimator = AgeEstimator.load(resolve_model("age_estimator", BUNDLED["age_estimator"]))
-    detector = FaceDetector(upsample=args.upsample)
+    detector = FaceDetector(upsample=args.upsample, detector=args.detector)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         folder.mkdir()
@@ -63,7 +64,7 @@ def main() -> None:
             peaks.append(memory.peak)
             added.append(memory.added)
         row = out.read_text().splitlines()[1]
-    print(f"{describe_device()}; photo {args.size[0]}x{args.size[1]} JPEG, upsample {args.upsample}, {args.repeats} runs")
+    print(f"{describe_device()}; photo {args.size[0]}x{args.size[1]} JPEG, {args.detector} detector, upsample {args.upsample}, {args.repeats} runs")
     print(f"row: {row}")
     print(f"seconds per photo: {statistics.median(times):.2f} (median; min {min(times):.2f}, max {max(times):.2f})")
     print(f"peak resident MiB: {max(peaks):.0f} (process, model loaded); added by the photo: {max(added):.0f}")
