@@ -37,7 +37,7 @@ class EstimateAge:
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("ages", "summary")
     OUTPUT_IS_LIST = (True, False)
-    OUTPUT_TOOLTIPS = ("One age per face (NaN where a frame had no face).", "One line per face: frame, age, group.")
+    OUTPUT_TOOLTIPS = ("One age per face (NaN where a frame had no face).", "One line per face: frame, face (its place among the faces reported for the frame, 0 = leftmost), age, group.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -62,9 +62,12 @@ class EstimateAge:
             ages[~aligned.valid] = float("nan")
         progress(2)
         lines = []
-        for frame, age in zip(face_crop.frame_index, ages):
-            group = "no face found" if math.isnan(age) else f"{age:.1f} years, group {FFHQ_AGING_10.names[FFHQ_AGING_10.group_of(age)]}"
-            lines.append(f"frame {frame}: {group}")
+        for row, (frame, age) in enumerate(zip(face_crop.frame_index, ages)):
+            if math.isnan(age):
+                lines.append(f"frame {frame}: no face found")
+                continue
+            face = int((face_crop.frame_index[:row] == frame).sum())  # a frame's faces come left to right
+            lines.append(f"frame {frame}, face {face}: {age:.1f} years, group {FFHQ_AGING_10.names[FFHQ_AGING_10.group_of(age)]}")
         summary = "\n".join(lines)
         return {"ui": {"text": [summary]}, "result": ([float(a) for a in ages], summary)}
 

@@ -142,7 +142,7 @@ def test_api_workflow_runs_in_comfyui(server, name, tmp_path):
         assert len(outputs[node_id]["images"]) == count, (node_id, outputs[node_id])
     assert len(result.files) == sum(SAVED[name].values()) and all(f.stat().st_size > 0 for f in result.files)
     if any(node["class_type"] == "AgeReenactEstimateAge" for node in graph.values()):
-        assert any(text.startswith("frame 0: ") for texts in result.texts.values() for text in texts)
+        assert any(text.startswith("frame 0, face 0: ") for texts in result.texts.values() for text in texts)
 
 
 def broken(change) -> dict:
