@@ -1,9 +1,11 @@
 """Train the project's age estimator (`age_resnet`) on faces with known ages.
 
-    python -m training age_estimator --images DIR [--labels labels.csv] --out runs/age [--steps N] [--nproc 2]
+    python -m training age_estimator --images DIR [--labels labels.csv] [--images DIR2 --labels CSV2 ...] --out runs/age
 
 Ages come from a CSV (file, age, split) or from UTKFace-style names; with a CSV the `val` rows tune and
-`test` rows are left for the final report (`python -m training.evaluate_estimator`).
+`test` rows are left for the final report (`age-reenact evaluate estimator --split test`). Several
+`--images`/`--labels` pairs train on their union. `--photo-augment` adds the degradations of real photos
+(downscaling, blur, JPEG) and a wider alignment jitter.
 """
 from __future__ import annotations
 
@@ -29,6 +31,18 @@ PRESETS = {
     "medium": {"block": "basic", "layers": [2, 2, 2, 2], "widths": [48, 96, 192, 384], "stem_width": 32},
 }
 JITTER = {"rotate": 10, "scale": 0.06, "shift": 0.04, "flip": 0.5, "color": 0.25, "grey": 0.1}
+# Real photos: detector boxes and landmarks vary more than on dataset chips, many faces are small, soft,
+# recompressed or greyscale scans (FG-NET: 17 % grey).
+PHOTO_JITTER = {**JITTER, "rotate": 15, "scale": 0.12, "shift": 0.06, "color": 0.3, "grey": 0.2, "downscale": 0.3, "min_size": 24,
+                "blur": 0.2, "max_sigma": 1.5, "jpeg": 0.3, "quality": (30, 90)}
+
+
+def labelled_sources(images: list[str], labels: list[str] | None) -> list:
+    """The union of several `--images` folders with their `--labels` CSVs (none: UTKFace-style names for all)."""
+    labels = labels or []
+    if labels and len(labels) != len(images):
+        raise ValueError(f"give one --labels per --images ({len(images)} folders, {len(labels)} label files), or none.")
+    return [i for k, folder in enumerate(images) for i in read_labels(folder, labels[k] if labels else None) if i.age is not None]
 
 
 def gaussian_targets(ages: torch.Tensor, num_ages: int, sigma: float) -> torch.Tensor:
@@ -58,14 +72,16 @@ class AgeEstimatorTask(Task):
 
     def setup(self, ctx: Context) -> None:
         args = self.args
-        items = [i for i in read_labels(args.images, args.labels) if i.age is not None]
+        items = labelled_sources(args.images, args.labels)
         if args.limit:
             items = items[: args.limit]
         self.faces = AlignedFaces(items, args.convention, args.size, cache_dir=args.cache_dir)
         splits = np.array([i.split for i in items])
         self.ages = torch.tensor([i.age for i in items], dtype=torch.float32)
-        self.train_index = np.flatnonzero(splits == "train")
-        self.val_index = np.flatnonzero(splits == "val")
+        # Unreadable images, and faceless ones with no same-size face to borrow an alignment from, stay black.
+        aligned = self.faces.images.max(axis=(1, 2, 3)) > 0
+        self.train_index = np.flatnonzero((splits == "train") & aligned)
+        self.val_index = np.flatnonzero((splits == "val") & aligned)
         if ctx.is_main:
             print(f"{len(self.train_index)} train / {len(self.val_index)} val faces; {self.faces.fallbacks} without a detected face (median alignment)")
         self.model = ctx.wrap(AgeResNet(**self.arch))
@@ -81,7 +97,8 @@ class AgeEstimatorTask(Task):
     def train_step(self, ctx: Context) -> dict[str, float]:
         self.model.train()
         index = ctx.epoch_batch(self.train_index)
-        crops = self.faces.crops(index, ctx.generator(), JITTER if self.args.augment else None)
+        jitter = (PHOTO_JITTER if self.args.photo_augment else JITTER) if self.args.augment else None
+        crops = self.faces.crops(index, ctx.generator(), jitter)
         x = prepare(crops, preprocessing(self.args)).to(ctx.device)
         ages = self.ages[index].to(ctx.device)
         with ctx.autocast():
@@ -107,7 +124,7 @@ class AgeEstimatorTask(Task):
         }
 
     def export(self, ctx: Context, path: Path) -> None:
-        provenance = {"data": str(self.args.images), "steps": ctx.step, "command": training_command(), "preset": self.args.preset}
+        provenance = {"data": ", ".join(map(str, self.args.images)), "steps": ctx.step, "command": training_command(), "preset": self.args.preset}
         save_weights(path / "age_estimator.safetensors", _unwrapped(self.model).state_dict(), "age_resnet", self.arch, preprocessing(self.args), provenance)
 
 
@@ -121,8 +138,8 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, help="folder of face images")
-    parser.add_argument("--labels", help="CSV with file, age[, split]; default: ages from UTKFace-style names, all train")
+    parser.add_argument("--images", required=True, action="append", help="folder of face images (repeat for several)")
+    parser.add_argument("--labels", action="append", help="CSV with file, age[, split] per --images; default: ages from UTKFace-style names, all train")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--norm", choices=["batch", "group"], default="batch")
     parser.add_argument("--dropout", type=float, default=0.1)
@@ -132,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--no-augment", dest="augment", action="store_false")
+    parser.add_argument("--photo-augment", action="store_true", help="real-photo degradations (downscale, blur, JPEG) and wider jitter")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (smoke tests)")
     parser.add_argument("--cache-dir", default="runs/cache")
 

@@ -24,6 +24,8 @@ from age_reenact.face.detect import FaceDetector
 from age_reenact.images import load_image, to_uint8
 from age_reenact.labels import LabelledImage
 
+from .photo_degrade import degrade
+
 # iBUG-68 index of each point's mirror image: a flipped face's point i is the original's FLIP_68[i].
 FLIP_68 = np.array(
     [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
@@ -95,7 +97,8 @@ class AlignedFaces:
         return len(self.items)
 
     def crops(self, indices: torch.Tensor | np.ndarray, generator: torch.Generator | None = None, jitter: dict | None = None) -> torch.Tensor:
-        """Float crops [B, 3, size, size] in 0..1; with `jitter`, random similarity and flip per crop."""
+        """Float crops [B, 3, size, size] in 0..1; with `jitter`, random similarity and flip per crop, colour, grey,
+        and the photo degradations of `photo_degrade.degrade` (downscale, blur, jpeg) where the dict asks for them."""
         return self._sample(indices, generator, jitter, with_landmarks=False)[0]
 
     def crops_with_landmarks(self, indices: torch.Tensor | np.ndarray, generator: torch.Generator | None = None, jitter: dict | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -149,4 +152,6 @@ class AlignedFaces:
             grey = torch.rand(b, generator=generator) < jitter.get("grey", 0.0)
             crops = (crops * gain * channel + bias).clamp(0, 1)
             crops[grey] = crops[grey].mean(1, keepdim=True).expand(-1, 3, -1, -1)
+        if any(jitter.get(k, 0) for k in ("downscale", "blur", "jpeg")):
+            crops = degrade(crops, generator, jitter)
         return crops, points
