@@ -11,14 +11,9 @@ import torch
 from torch import nn
 
 from . import model_paths
+from .model_paths import BUNDLED
 from .weights import build_model, create_model, read_weights
 
-BUNDLED = {
-    "agetransgan": "agereenact_agetransgan_utkface.safetensors",
-    "reenactor": "agereenact_reenactor_lfw.safetensors",
-    "age_estimator": "agereenact_age_utkface.safetensors",
-    "aifd": "agereenact_aifd_lfw.safetensors",
-}
 ARCHITECTURES = {"agetransgan": "agetransgan_generator", "reenactor": "dual_generator_reenactor", "age_estimator": "age_resnet", "aifd": "aifd_encoder"}
 # The default ('small') presets of the training tasks in training/, for families not bundled yet.
 TRAINED_CONFIGS = {

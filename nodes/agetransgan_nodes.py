@@ -6,12 +6,12 @@ import torch
 from ..age_reenact.age_groups import FFHQ_AGING_4, FFHQ_AGING_10, groups_for
 from ..age_reenact.devices import DEVICES, PRECISIONS
 from ..age_reenact.agetransgan import AgeTransGAN, age_code, code_label, group_codes, load_generator, one_hot_code, sweep_codes
-from ..age_reenact.agetransgan.pipeline import check_convention
+from ..age_reenact.agetransgan.pipeline import SWEEP_FACE_CHOICES, check_convention
 from ..age_reenact.face.crop import FACE_CHOICES, NO_FACE_ACTIONS, FaceCrops
 from ..age_reenact.face.detect import FaceDetector
 from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.images import to_image_batch
-from .comfy_services import Progress, list_models, resolve_model, torch_device
+from .comfy_services import Progress, check_model, model_input, resolve_model, torch_device
 
 CATEGORY = "AgeReenact/agetransgan"
 # One list for both released models: the 10 FFHQ-Aging groups, then the 4-group model's own two.
@@ -46,11 +46,15 @@ class AgeTransGANLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (list_models("agetransgan"), {"tooltip": "A file in models/agetransgan (10-group or 4-group FFHQ generator)."}),
+                "model_name": model_input("agetransgan", "An AgeTransGAN generator (10 or 4 age groups)"),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device (the GPU when there is one)."}),
                 "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "auto: fp16 on GPUs, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32. fp32 is the reference."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return check_model("agetransgan", model_name)
 
     def load(self, model_name, device, precision):
         model = load_generator(resolve_model("agetransgan", model_name))
@@ -124,18 +128,21 @@ class AgeSweep:
         return {
             "required": {
                 "model": ("AGETRANSGAN_MODEL", {"tooltip": "From AgeTransGAN Loader."}),
-                "image": ("IMAGE", {"tooltip": "A frame (its largest face is used), or an aligned crop when face_crop is connected. Only the first image is used."}),
+                "image": ("IMAGE", {"tooltip": "A frame (face_choice picks its face), or aligned crops when face_crop is connected (the first crop is used). Only the first image is used."}),
                 "mode": (["groups", "smooth"], {"default": "smooth", "tooltip": "groups: one image per age group; smooth: `steps` images between each pair of adjacent groups."}),
                 "steps": ("INT", {"default": 10, "min": 1, "max": 60, "tooltip": "Images per pair of adjacent groups in smooth mode (10 = the official demo)."}),
                 "paste_back": ("BOOLEAN", {"default": False, "tooltip": "Frames only: paste every aged face into the frame instead of returning crops."}),
                 "seed": SEED,
                 "batch_size": BATCH,
+                "face_choice": (list(SWEEP_FACE_CHOICES), {"default": "largest", "tooltip": "Without a face_crop input: the face to age, the largest or the n-th from the left (as in Face Crop)."}),
+                "face_index": _face_inputs()["face_index"],
+                "upsample": ("INT", {"default": 1, "min": 0, "max": 3, "tooltip": "Face detector upsampling; higher finds smaller faces, about 4x slower per step."}),
                 "feather": _face_inputs()["feather"],
             },
             "optional": _face_crop_input(),
         }
 
-    def sweep(self, model, image, mode, steps, paste_back, seed, batch_size, feather, face_crop: FaceCrops | None = None):
+    def sweep(self, model, image, mode, steps, paste_back, seed, batch_size, face_choice, face_index, upsample, feather, face_crop: FaceCrops | None = None):
         groups = groups_for(model.group_count)
         codes = sweep_codes(groups, steps) if mode == "smooth" else group_codes(groups)
         image = to_image_batch(image)[:1]
@@ -144,7 +151,7 @@ class AgeSweep:
             check_convention(face_crop)
             out = model.sweep(image, codes, seed, batch_size, progress)
         else:
-            out = model.sweep_frame(image, FaceDetector(), codes, seed, paste_back, feather, batch_size, progress)
+            out = model.sweep_frame(image, FaceDetector(upsample=upsample), codes, seed, paste_back, feather, batch_size, progress, face_choice, face_index)
         labels = [code_label(groups, c) for c in codes]
         return {"ui": {"text": [f"{len(labels)} images: {labels[0]} .. {labels[-1]}"]}, "result": (out, "\n".join(labels))}
 

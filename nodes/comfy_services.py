@@ -57,10 +57,31 @@ def register_model_folders(folder_paths=None) -> None:
             folder_paths.add_model_folder_path(family, pack_dir)
 
 
-def list_models(family: str) -> list[str]:
+def model_files(family: str) -> list[str]:
     if _folder_paths is not None:
         return list(_folder_paths.get_filename_list(family))
     return model_paths.list_models(family)
+
+
+def list_models(family: str) -> list[str]:
+    """The family's files; never empty: without any, one placeholder that names the wanted file."""
+    return model_files(family) or [model_paths.placeholder(family)]
+
+
+def model_input(family: str, what: str) -> tuple:
+    """A loader's model_name combo: the family's files, and a tooltip that says where files go and how to get one."""
+    return (list_models(family), {"tooltip": f"{what} in models/{family}/ or the pack's weights/{family}/. {model_paths.how_to_get(family)}"})
+
+
+def check_model(family: str, name: str) -> bool | str:
+    """VALIDATE_INPUTS for a model_name: True, or the message that says which file is missing and how to get it.
+
+    ComfyUI shows this in its validation error before the workflow runs, in place of "not in []"."""
+    try:
+        resolve_model(family, name)
+    except (ValueError, FileNotFoundError) as exc:
+        return str(exc)
+    return True
 
 
 def resolve_model(family: str, name: str) -> Path:
@@ -68,9 +89,8 @@ def resolve_model(family: str, name: str) -> Path:
     if _folder_paths is not None:
         path = _folder_paths.get_full_path(family, name)
         if path is None:
-            raise model_paths.ModelNotFoundError(
-                f"{model_paths.FAMILIES[family]} file {name!r} not found in: " + ", ".join(_folder_paths.get_folder_paths(family))
-            )
+            message = model_paths.missing_model_message(family, name, _folder_paths.get_folder_paths(family))
+            raise model_paths.ModelNotFoundError(f"{message} After adding a file, press R in ComfyUI to refresh the lists.")
         return Path(path)
     return model_paths.resolve_model(family, name)
 

@@ -8,7 +8,7 @@ from ..age_reenact.estimator.predict import AgeEstimator
 from ..age_reenact.face.crop import crops_from_points, extract_crops
 from ..age_reenact.face.detect import FaceDetector
 from ..age_reenact.images import to_image_batch
-from .comfy_services import Progress, list_models, resolve_model
+from .comfy_services import Progress, check_model, model_input, resolve_model
 
 CATEGORY = "AgeReenact/age"
 FAMILY = "age_estimator"
@@ -23,7 +23,11 @@ class AgeEstimatorLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model_name": (list_models(FAMILY), {"tooltip": "Estimator weights in models/age_estimator (the bundled one is listed first)."})}}
+        return {"required": {"model_name": model_input(FAMILY, "An age estimator")}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return check_model(FAMILY, model_name)
 
     def load(self, model_name):
         return (AgeEstimator.load(resolve_model(FAMILY, model_name)),)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..age_reenact.aifd.encoder import load_encoder
 from ..age_reenact.aifd import similarity
 from ..age_reenact.face.detect import FaceDetector
-from .comfy_services import Progress, list_models, resolve_model, torch_device
+from .comfy_services import Progress, check_model, model_input, resolve_model, torch_device
 
 CATEGORY = "AgeReenact/aifd"
 FACE_MODES = {
@@ -27,9 +27,13 @@ class IdentityEncoderLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (list_models("aifd"), {"tooltip": "A .safetensors encoder in models/aifd (convert MTLFace's release with `age-reenact convert mtlface_tpami`)."}),
+                "model_name": model_input("aifd", "An AIFD identity encoder"),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return check_model("aifd", model_name)
 
     def load(self, model_name):
         return (load_encoder(resolve_model("aifd", model_name)),)

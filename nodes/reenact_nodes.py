@@ -7,7 +7,7 @@ from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.reenact.motion import MODES
 from ..age_reenact.devices import DEVICES, PRECISIONS
 from ..age_reenact.reenact.pipeline import NO_FACE_ACTIONS, OUTPUTS, load_reenactor, reenact
-from .comfy_services import Progress, list_models, resolve_model, torch_device
+from .comfy_services import Progress, check_model, model_files, model_input, resolve_model, torch_device
 
 CATEGORY = "AgeReenact/reenactor"
 FAMILY = "reenactor"
@@ -27,15 +27,18 @@ class ReenactorLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        models = list_models(FAMILY)
         return {
             "required": {
-                "model_name": (models, {"tooltip": "A reenactor .safetensors file in models/reenactor (convert official checkpoints with `python -m age_reenact.reenact`)."}),
-                "identity_model": ([NO_IDENTITY] + models, {"default": NO_IDENTITY, "tooltip": "VGG-Face identity file (converted from vgg_face_dag.pth) for official models' absolute mode; 'none' for relative mode only."}),
+                "model_name": model_input(FAMILY, "A dual-generator reenactor"),
+                "identity_model": ([NO_IDENTITY] + model_files(FAMILY), {"default": NO_IDENTITY, "tooltip": "VGG-Face identity file for official models' absolute mode (`age-reenact convert vggface_dag vgg_face_dag.pth vggface_fc7.safetensors`, into models/reenactor/); 'none' for relative mode only."}),
                 "precision": (list(PRECISIONS), {"default": "fp32", "tooltip": "Face generator precision: bf16/fp16 are faster on GPUs; fp16 needs a GPU."}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device (the GPU when there is one)."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return check_model(FAMILY, model_name)
 
     def load(self, model_name, identity_model, precision, device):
         identity = None if identity_model == NO_IDENTITY else resolve_model(FAMILY, identity_model)

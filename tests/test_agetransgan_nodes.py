@@ -77,10 +77,30 @@ def test_age_sweep(pack, models_dir, astronaut):
     model = load(pack, "tiny_10group.safetensors")
     node = pack.NODE_CLASS_MAPPINGS["AgeReenactAgeSweep"]()
     crop = torch.rand(1, 64, 64, 3)
-    images, labels = node.sweep(model, crop, "smooth", 10, False, 0, 16, 0.06, face_crop=face_record())["result"]
+    images, labels = node.sweep(model, crop, "smooth", 10, False, 0, 16, "largest", 0, 1, 0.06, face_crop=face_record())["result"]
     assert images.shape == (91, 64, 64, 3) and len(labels.splitlines()) == 91
-    images, labels = node.sweep(model, astronaut, "groups", 10, True, 0, 16, 0.06)["result"]
+    images, labels = node.sweep(model, astronaut, "groups", 10, True, 0, 16, "largest", 0, 1, 0.06)["result"]
     assert images.shape == (10, *astronaut.shape[1:]) and labels.splitlines()[-1] == "70+"
     four = load(pack, "tiny_4group.safetensors")
-    images, _ = node.sweep(four, astronaut, "smooth", 10, False, 0, 16, 0.06)["result"]
+    images, _ = node.sweep(four, astronaut, "smooth", 10, False, 0, 16, "largest", 0, 1, 0.06)["result"]
     assert images.shape == (31, 64, 64, 3)
+
+
+def test_age_sweep_ages_the_chosen_face(pack, models_dir, einstein):
+    """einstein.jpg has a bystander: face_choice picks the face as Face Crop does, and so does a face_crop input."""
+    nodes = pack.NODE_CLASS_MAPPINGS
+    model = load(pack, "tiny_10group.safetensors")
+    frame, _ = einstein
+    sweep = nodes["AgeReenactAgeSweep"]()
+    by_choice, by_crop = [], []
+    for index in (0, 1):
+        by_choice.append(sweep.sweep(model, frame, "groups", 10, False, 0, 16, "index", index, 1, 0.06)["result"][0])
+        crops, face_crop = nodes["AgeReenactFaceCrop"]().crop(frame, "agetransgan", 64, "index", index, "error", 1, "68", False)
+        by_crop.append(sweep.sweep(model, crops, "groups", 10, False, 0, 16, "largest", 0, 1, 0.06, face_crop=face_crop)["result"][0])
+    assert not torch.allclose(by_choice[0], by_choice[1])  # two different faces
+    for choice, crop in zip(by_choice, by_crop):
+        torch.testing.assert_close(choice, crop)
+    largest = sweep.sweep(model, frame, "groups", 10, False, 0, 16, "largest", 0, 1, 0.06)["result"][0]
+    assert any(torch.equal(largest, face) for face in by_choice)
+    with pytest.raises(ValueError, match="one face"):
+        model.sweep_frame(frame, None, None, 0, face_choice="all")

@@ -159,6 +159,7 @@ def generate(pipe, seed: int = 3) -> torch.Tensor:
 # --- loading -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("error:.*torch_dtype")  # diffusers' deprecation of torch_dtype: loads pass dtype
 @pytest.mark.parametrize("controlnet", ["controlnet_ldm", "controlnet_diffusers"])
 def test_single_files_load_offline_with_identical_weights(tiny, controlnet):
     pipe = load_pipeline(tiny["checkpoint"], tiny[controlnet], [tiny["tokenizer"]])
@@ -171,6 +172,7 @@ def test_single_files_load_offline_with_identical_weights(tiny, controlnet):
     assert torch.allclose(generate(pipe), generate(reference), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("error:.*torch_dtype")
 def test_diffusers_folder_loads_offline_with_its_own_tokenizer(tiny):
     pipe = load_pipeline(tiny["folder"], tiny["folder"] / "controlnet")
     assert len(pipe.tokenizer) == SD15_TINY.vocab_size and pipe.tokenizer.model_max_length == 77

@@ -49,8 +49,9 @@ def test_node_definitions_are_well_formed(pack):
                 kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
                 assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
                 if isinstance(kind, list):
-                    # Model lists may be empty until files are installed; fixed choices never are.
-                    assert all(isinstance(k, str) for k in kind) and ("default" not in options or options["default"] in kind), f"{node_id}.{name}"
+                    # The pack's model lists are never empty (a placeholder, test below); the augmenter's lists
+                    # of the user's own SD1.5/ControlNet files may be.
+                    assert (kind or node_id == "AgeReenactAugmenterLoader") and all(isinstance(k, str) for k in kind) and ("default" not in options or options["default"] in kind), f"{node_id}.{name}"
                 elif kind in ("INT", "FLOAT"):
                     assert options["min"] <= options["default"] <= options["max"], f"{node_id}.{name}"
                 elif kind in ("BOOLEAN", "STRING"):
@@ -84,3 +85,41 @@ def test_face_nodes_crop_paste_and_draw(pack, astronaut):
     assert preview.shape == frames.shape and not torch.equal(preview, frames)
     with pytest.raises(ValueError, match="2 processed crop"):
         nodes["AgeReenactFacePaste"]().paste(frames[:1], crops, face_crop.select([0]), 0.06, "none")
+
+
+LOADERS = {
+    "AgeReenactAgeTransGANLoader": "agetransgan",
+    "AgeReenactIdentityEncoderLoader": "aifd",
+    "AgeReenactReenactorLoader": "reenactor",
+    "AgeReenactAgeEstimatorLoader": "age_estimator",
+}
+
+
+@pytest.mark.parametrize("node_id", sorted(LOADERS))
+def test_loader_without_models_says_which_file_where_and_how_to_get_it(pack, node_id, tmp_path, monkeypatch):
+    """No file: the list holds a placeholder (ComfyUI refuses empty lists with "not in []"), and validating or
+    loading any missing name gives the same message: the file, the folders, and the bundled / convert / train ways."""
+    import importlib
+    import re
+
+    from age_reenact import cli, weights
+    from training.__main__ import TASKS
+
+    model_paths = importlib.import_module(f"{pack.__name__}.age_reenact.model_paths")  # the pack's own copy of the core
+    family, cls = LOADERS[node_id], pack.NODE_CLASS_MAPPINGS[node_id]
+    monkeypatch.setattr(model_paths, "PACK_WEIGHTS", tmp_path / "weights")
+    monkeypatch.delenv(model_paths.ENV_VAR, raising=False)
+    names, options = cls.INPUT_TYPES()["required"]["model_name"]
+    assert names == [model_paths.placeholder(family)] and model_paths.how_to_get(family) in options["tooltip"]
+    for name in (names[0], "other.safetensors"):
+        message = cls.VALIDATE_INPUTS(name)
+        assert isinstance(message, str) and f"'{name.removeprefix(model_paths.MISSING)}' not found" in message, message
+        assert str(tmp_path / "weights" / family) in message and model_paths.BUNDLED[family] in message
+        cli.build_parser()  # registers every converter
+        converters = re.findall(r"`age-reenact convert (\w+) ", message)
+        assert converters and set(converters) <= set(weights.converters()), converters
+        assert re.search(rf"`python -m training {family} ", message) and family in TASKS
+        with pytest.raises(model_paths.ModelNotFoundError) as raised:
+            cls().load(**{**{key: spec[1].get("default", spec[0][0]) for key, spec in cls.INPUT_TYPES()["required"].items()}, "model_name": name})
+        assert str(raised.value).startswith(message)
+    assert "'..'" in cls.VALIDATE_INPUTS("../escape.safetensors")

@@ -7,8 +7,11 @@
   on tiny random models written under the bundled file names (always), and on the bundled weights
   (skipped, naming the file, until they are shipped).
 
-ComfyUI's own LoadImage / SaveImage / PreviewImage are stood in for by classes with their inputs (as in
-ComfyUI 0.3.64); the real server runs these graphs in test_comfyui_integration.py.
+ComfyUI's own LoadImage / SaveImage / PreviewImage / PreviewAny are stood in for by classes with their inputs
+(as in ComfyUI 0.3.64); the real server runs these graphs in test_comfyui_integration.py.
+
+Layouts: no two nodes overlap, with every image node given a generous preview height, and links run left to
+right; each note says which models the workflow needs that the pack does not ship yet.
 """
 from __future__ import annotations
 
@@ -47,6 +50,16 @@ SAVED = {  # images per output node on the sample inputs
     "augment_multipose": {"6": 1, "9": 1, "12": 1},
 }
 
+TEXTS = {  # what each Preview Any node shows on the sample inputs (start of the text), in node id order
+    "age_sweep": ("0-2\n3-6\n",),
+    "reenact_and_age": ("frame 0",),
+    "estimate_ages": ("frame 0",),
+}
+IMAGE_NODES = {"LoadImage", "PreviewImage", "SaveImage"}  # they show images inside the node
+PREVIEW_HEIGHT = 400  # an image node's box is at least this tall, whatever its saved size
+TITLE_HEIGHT = 30  # the frontend draws the title bar above pos
+MARGIN = 20  # room for the pack badge above a title
+
 
 class LoadImage:
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -80,7 +93,21 @@ class PreviewImage(SaveImage):
         return {"required": {"images": ("IMAGE",)}}
 
 
-CORE = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+class PreviewAny:
+    """ComfyUI's Preview Any: shows any value (a STRING as it is) as text on the canvas."""
+    RETURN_TYPES = ()
+    FUNCTION = "main"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    def main(self, source=None):
+        return {"ui": {"text": (source if isinstance(source, str) else json.dumps(source),)}}
+
+
+CORE = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage, "PreviewAny": PreviewAny}
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +207,7 @@ def test_ui_workflow_schema_nodes_links_and_widgets(name, classes):
         assert link_id <= workflow["last_link_id"]
         output, slot = nodes[source]["outputs"][source_slot], nodes[target]["inputs"][target_slot]
         assert link_id in output["links"] and slot["link"] == link_id, f"{name}: link {link_id}"
-        assert output["type"] == slot["type"] == kind, f"{name}: link {link_id} joins {output['type']} to {slot['type']}"
+        assert output["type"] == kind and slot["type"] in (kind, "*"), f"{name}: link {link_id} joins {output['type']} to {slot['type']}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -196,9 +223,44 @@ def test_thumbnail(name):
     from PIL import Image
 
     path = EXAMPLES / f"{name}.jpg"
-    assert path.is_file() and path.stat().st_size < 120_000
+    assert path.is_file() and path.stat().st_size < 150_000
     with Image.open(path) as image:
         assert image.format == "JPEG" and max(image.size) <= 640
+
+
+def node_boxes(workflow: dict) -> dict[int, tuple[float, float, float, float]]:
+    """(left, top, right, bottom) of each node as the frontend draws it: title bar, body, image previews."""
+    boxes = {}
+    for node in workflow["nodes"]:
+        (x, y), (w, h) = node["pos"], node["size"]
+        if node["type"] in IMAGE_NODES:
+            h = max(h, PREVIEW_HEIGHT)
+        boxes[node["id"]] = (x, y - TITLE_HEIGHT - MARGIN, x + w, y + h)
+    return boxes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_has_no_overlaps_and_links_run_left_to_right(name):
+    workflow = read(EXAMPLES, name)
+    boxes = node_boxes(workflow)
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (l1, t1, r1, b1), (l2, t2, r2, b2) = boxes[a], boxes[b]
+            assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, f"{name}: nodes {a} and {b} overlap"
+    for _, source, _, target, _, _ in workflow["links"]:
+        assert boxes[source][2] < boxes[target][0], f"{name}: link {source} -> {target} runs right to left"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_note_names_the_models_not_shipped_yet(name):
+    """A workflow that cannot run on the pack's own files says so: one "Needs model" line per missing family."""
+    workflow = read(EXAMPLES, name)
+    (note,) = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] in FRONTEND_ONLY]
+    assert "listed automatically" not in note and "preselected" not in note
+    for family in sorted({LOADER_FAMILIES[n["type"]] for n in workflow["nodes"] if n["type"] in LOADER_FAMILIES}):
+        shipped = (model_paths.PACK_WEIGHTS / family / model_paths.BUNDLED[family]).is_file()
+        assert (f"**Needs model:** `models/{family}/`" in note) != shipped, f"{name}: the note must say whether {family} is needed"
 
 
 def test_folders_hold_the_same_workflows():
@@ -247,6 +309,8 @@ def check_outputs(name: str, graph: dict, ran: dict) -> None:
     for node_id, node in graph.items():
         if node["class_type"] == "AgeReenactEstimateAge":
             assert ran[node_id]["ui"]["text"][0].startswith("frame 0, face 0: ")
+    shown = [ran[k]["ui"]["text"][0] for k, v in graph.items() if v["class_type"] == "PreviewAny"]
+    assert len(shown) == len(TEXTS.get(name, ())) and all(text.startswith(start) for text, start in zip(shown, TEXTS.get(name, ()))), shown
 
 
 @pytest.fixture(scope="module")

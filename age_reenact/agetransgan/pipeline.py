@@ -23,6 +23,9 @@ from .generator import AgeTransGANGenerator
 Progress = Callable[[int, int], None]
 
 
+SWEEP_FACE_CHOICES = ("largest", "index")  # a sweep ages one face
+
+
 def check_convention(face_crops: FaceCrops) -> None:
     if face_crops.convention != "agetransgan":
         raise ValueError(
@@ -174,11 +177,15 @@ class AgeTransGAN:
         feather: float = 0.06,
         chunk: int = 4,
         progress: Progress | None = None,
+        face_choice: str = "largest",
+        face_index: int = 0,
     ) -> torch.Tensor:
-        """The largest face of one frame through many codes: M crops, or M copies of the frame with the face
-        pasted in (paste_back)."""
+        """One face of one frame (the largest, or the n-th from the left) through many codes: M crops, or M
+        copies of the frame with the face pasted in (paste_back)."""
+        if face_choice not in SWEEP_FACE_CHOICES:
+            raise ValueError(f"a sweep ages one face: face_choice must be one of {SWEEP_FACE_CHOICES}, got {face_choice!r}")
         frame = to_image_batch(frame)[:1]
-        crop, face_crops = self.crop_faces(frame, detector)
+        crop, face_crops = self.crop_faces(frame, detector, face_choice, face_index)
         aged = self.sweep(crop, codes, seed, chunk, progress)
         if not paste_back:
             return aged

@@ -50,6 +50,14 @@ def import_diffusers():
     return diffusers
 
 
+def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The dtype keyword for from_pretrained / from_single_file: `dtype` where diffusers has deprecated
+    `torch_dtype` (it warns on every load), `torch_dtype` on the older releases that know no other."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """Configs of every component of an SD1.x + ControlNet pipeline, as diffusers config dicts."""
@@ -369,10 +377,10 @@ def load_controlnet(path: str | Path, spec: PipelineSpec, config_folder: Path, d
     try:
         if path.is_dir():
             _read_json(path / "config.json")
-            return diffusers.ControlNetModel.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+            return diffusers.ControlNetModel.from_pretrained(str(path), **dtype_argument(dtype), local_files_only=True)
         check_controlnet_file(path, spec)
         return diffusers.ControlNetModel.from_single_file(
-            str(path), config=str(config_folder), subfolder="controlnet", torch_dtype=dtype, local_files_only=True
+            str(path), config=str(config_folder), subfolder="controlnet", **dtype_argument(dtype), local_files_only=True
         )
     except AugmenterLoadError:
         raise
@@ -413,7 +421,7 @@ def load_pipeline(
         tokenizer = load_tokenizer(find_tokenizer(tokenizer_dirs), vocab_size, max_length)
         control = load_controlnet(controlnet, spec, config_folder, dtype)
         common = dict(controlnet=control, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                      requires_safety_checker=False, torch_dtype=dtype, local_files_only=True)
+                      requires_safety_checker=False, **dtype_argument(dtype), local_files_only=True)
         cls = diffusers.StableDiffusionControlNetImg2ImgPipeline
         try:
             if checkpoint.is_dir():
