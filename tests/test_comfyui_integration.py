@@ -24,7 +24,7 @@ import torch
 
 from age_reenact import cli, headless
 from benchmarks.bench_chain import BUNDLED, write_models
-from test_workflows import API, FIXTURES, NAMES, NEEDS_USER_FILES, SAVED
+from test_workflows import API, EXAMPLES, FIXTURES, FRONTEND_ONLY, LOADER_FAMILIES, NAMES, NEEDS_USER_FILES, SAVED, TEXTS, read
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -143,6 +143,60 @@ def test_api_workflow_runs_in_comfyui(server, name, tmp_path):
     assert len(result.files) == sum(SAVED[name].values()) and all(f.stat().st_size > 0 for f in result.files)
     if any(node["class_type"] == "AgeReenactEstimateAge" for node in graph.values()):
         assert any(text.startswith("frame 0, face 0: ") for texts in result.texts.values() for text in texts)
+    shown = [result.texts[k][0] for k in sorted(graph, key=int) if graph[k]["class_type"] == "PreviewAny"]
+    assert [text[: len(start)] for text, start in zip(shown, TEXTS.get(name, ()))] == list(TEXTS.get(name, ())), shown
+
+
+def ui_to_prompt(workflow: dict, info: dict) -> dict:
+    """A UI workflow converted with the server's own node definitions (/object_info), as the frontend does:
+    every node type must exist there, widget values map to the inputs in the server's input order."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        assert node["type"] in info, f"node type {node['type']} is missing from the server"
+        spec, values, inputs = info[node["type"]], list(node.get("widgets_values") or []), {}
+        for section in ("required", "optional"):
+            for name in spec["input_order"].get(section, []):
+                kind, options = spec["input"][section][name][0], (spec["input"][section][name] + [{}])[1]
+                if isinstance(kind, list) or kind == "COMBO" or (kind in ("INT", "FLOAT", "STRING", "BOOLEAN") and not options.get("forceInput")):
+                    inputs[name] = values.pop(0)
+                    del values[: int(bool(options.get("control_after_generate")) or name in ("seed", "noise_seed")) + int(bool(options.get("image_upload")))]
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                link = links[slot["link"]]
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        assert not values, f"node {node['id']} ({node['type']}): {len(values)} widget value(s) the server's definition has no input for"
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"]}
+    return prompt
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_converts_to_its_api_prompt_with_the_servers_nodes(server, name):
+    api = json.loads((API / f"{name}.json").read_text())
+    assert ui_to_prompt(read(EXAMPLES, name), get(server, "/object_info")) == {k: {"inputs": v["inputs"], "class_type": v["class_type"]} for k, v in api.items()}
+
+
+@pytest.mark.parametrize("node_type", sorted(LOADER_FAMILIES))
+def test_loader_with_a_missing_file_says_where_to_put_it_and_how_to_get_one(server, node_type):
+    """In place of "not in [...]", the loader's validation names the file, the server's folders for it, and the
+    three ways to get one (the core's text). Also for the placeholder a loader lists when it has no file."""
+    from age_reenact import model_paths
+
+    family = LOADER_FAMILIES[node_type]
+    spec = get(server, f"/object_info/{node_type}")[node_type]["input"]["required"]
+    assert spec["model_name"][0] and model_paths.how_to_get(family) in spec["model_name"][1]["tooltip"]
+    for name in ("nothere.safetensors", model_paths.placeholder(family)):
+        inputs = {key: entry[1].get("default", entry[0][0]) for key, entry in spec.items()}
+        inputs["model_name"] = name
+        graph = {"1": {"class_type": node_type, "inputs": inputs}, "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+        with pytest.raises(headless.ComfyError) as raised:
+            headless.ComfyClient(server["url"], timeout=60).queue(graph)
+        message, wanted = str(raised.value), name.removeprefix(model_paths.MISSING)
+        assert "HTTP 400" in message and f"Custom validation failed for node: model_name - Model file '{wanted}' not found" in message, message
+        assert str(server["base"] / "models" / family) in message and model_paths.how_to_get(family) in message, message
+        assert "`age-reenact convert " in message and f"`python -m training {family} " in message
 
 
 def broken(change) -> dict:
@@ -153,7 +207,7 @@ def broken(change) -> dict:
 
 BROKEN = {
     "unknown node": (lambda g: g["5"].update(class_type="AgeReenactNoSuchNode"), "AgeReenactNoSuchNode"),
-    "missing model file": (lambda g: g["4"]["inputs"].update(model_name="missing.safetensors"), "Value not in list: model_name: 'missing.safetensors'"),
+    "missing model file": (lambda g: g["4"]["inputs"].update(model_name="missing.safetensors"), "model_name - Model file 'missing.safetensors' not found"),
     "out of range": (lambda g: g["5"]["inputs"].update(chunk_size=0), "Value 0 smaller than min of 1: chunk_size"),
     "missing input": (lambda g: g["5"]["inputs"].pop("driving_images"), "Required input is missing: driving_images"),
     "wrong link type": (lambda g: g["5"]["inputs"].update(agetransgan=["3", 0]), "Return type mismatch between linked nodes: agetransgan"),
