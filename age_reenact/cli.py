@@ -210,7 +210,7 @@ def _headless(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    path = convert_checkpoint(args.converter, args.sources, args.destination)
+    path = convert_checkpoint(args.converter, args.sources, args.destination, report=print)
     print(f"wrote {path}")
 
 

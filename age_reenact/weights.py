@@ -95,6 +95,12 @@ def read_weights(path: str | Path, architecture: str | tuple[str, ...] | None = 
             metadata = handle.metadata() or {}
         state_dict = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
+        if _is_pickle(path):
+            raise WeightsError(
+                f"{path}: a pickled PyTorch checkpoint (torch.save) renamed to {path.suffix}, not a safetensors file. "
+                f"Convert it once with `age-reenact convert <converter> {path.name} out.safetensors` "
+                "(`age-reenact convert --help` lists the converters) and load the result."
+            ) from exc
         raise WeightsError(
             f"{path}: not a readable safetensors file, probably corrupt or truncated ({exc}). "
             "Download or convert it again."
@@ -115,6 +121,13 @@ def read_weights(path: str | Path, architecture: str | tuple[str, ...] | None = 
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{path.name}: its metadata is not valid JSON ({exc}).") from exc
     return Weights(state_dict, metadata["architecture"], path=path, **parsed)
+
+
+def _is_pickle(path: Path) -> bool:
+    """torch.save writes a zip archive (PyTorch 1.6+), or before that a protocol-2 pickle of its magic number."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head in (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -145,8 +158,8 @@ def create_model(architecture: str, config: dict[str, Any], source: str = "confi
 
 def build_model(weights: Weights) -> nn.Module:
     """Instantiate the architecture named in the metadata from its config and load the tensors strictly."""
-    model = create_model(weights.architecture, weights.config, str(weights.path))
-    load_state_dict_strict(model, weights.state_dict, source=str(weights.path or "weights"))
+    model = create_model(weights.architecture, weights.config, str(weights.path or "the converted tensors"))
+    load_state_dict_strict(model, weights.state_dict, source=str(weights.path or "the converted tensors"))
     model.preprocessing = weights.preprocessing  # travels with the model to its pipeline
     return model.eval()
 
@@ -166,15 +179,17 @@ def load_checkpoint(path: str | Path) -> Any:
 
 @dataclass
 class Converter:
-    """Turns official checkpoints into (state_dict, architecture, config, preprocessing).
+    """Turns official checkpoints into (state_dict, architecture, config, preprocessing[, left_out]).
 
     `inputs` names the files it takes, in order (most converters take one); `convert` gets their
-    contents in that order.
+    contents in that order. `left_out` names what the official files hold but the pack deliberately does
+    not use (optimisers, discriminators, other heads); the command lists it. Keys the converter does not
+    recognise are passed through, so the strict check below refuses them by name.
     """
 
     name: str
     description: str
-    convert: Callable[..., tuple[dict[str, torch.Tensor], str, dict, dict]]
+    convert: Callable[..., tuple]
     inputs: tuple[str, ...] = ("checkpoint",)
 
 
@@ -190,11 +205,18 @@ def converters() -> dict[str, Converter]:
     return dict(_CONVERTERS)
 
 
-def convert_checkpoint(name: str, sources: str | Path | Sequence[str | Path], destination: str | Path) -> Path:
+def convert_checkpoint(
+    name: str,
+    sources: str | Path | Sequence[str | Path],
+    destination: str | Path,
+    report: Callable[[str], None] | None = None,
+) -> Path:
     """Convert official checkpoint file(s) to a safetensors file with metadata.
 
-    Every refusal names the converter and each file with its role, so a message about "the backbone
-    file" says which file on disk that was.
+    The converted tensors go through the loaders' own strict check (`build_model`) before anything is
+    written, so a missing, unexpected or mis-shaped key is refused now, by name. Every refusal names the
+    converter and each file with its role. What the files hold but the pack leaves out goes to `report`
+    (the command prints it) and into the file's provenance.
     """
     if name not in _CONVERTERS:
         raise WeightsError(f"unknown converter {name!r}; available: {sorted(_CONVERTERS)}")
@@ -206,8 +228,12 @@ def convert_checkpoint(name: str, sources: str | Path | Sequence[str | Path], de
         )
     files = ", ".join(f"{role} {Path(s).name}" for role, s in zip(converter.inputs, sources))
     try:
-        state_dict, architecture, config, preprocessing = converter.convert(*(load_checkpoint(s) for s in sources))
+        state_dict, architecture, config, preprocessing, *rest = converter.convert(*(load_checkpoint(s) for s in sources))
+        build_model(Weights(state_dict, architecture, config, preprocessing))
     except WeightsError as exc:
         raise WeightsError(f"{name} ({files}): {exc}") from exc
-    provenance = {"converted_from": " + ".join(Path(s).name for s in sources), "converter": name}
+    left_out = sorted(rest[0]) if rest else []
+    if left_out and report:
+        report(f"left out (the official files hold them, the pack does not use them): {', '.join(left_out)}")
+    provenance = {"converted_from": " + ".join(Path(s).name for s in sources), "converter": name, "left_out": left_out}
     return save_weights(destination, state_dict, architecture, config, preprocessing, provenance)

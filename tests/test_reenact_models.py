@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from age_reenact import cli
 from age_reenact.reenact import DualGeneratorReenactor, VGGFaceIdentity
-from age_reenact.reenact.convert import convert_official_files
-from age_reenact.reenact.convert import main as convert_main
 from age_reenact.reenact.pipeline import load_reenactor
 from age_reenact.weights import WeightsError, build_model, convert_checkpoint, read_weights, save_weights
 
@@ -113,10 +112,11 @@ def test_convert_official_checkpoints_and_load_strictly(tmp_path, official_model
     torch.save(rfg, tmp_path / "501500_nets_ema.ckpt")
     # DataParallel-saved copies carry a "module." prefix; the converter strips it.
     torch.save({k: {f"module.{n}": t for n, t in sd.items()} for k, sd in idsg.items()}, tmp_path / "30000_nets_ema.ckpt")
-    out = convert_official_files(tmp_path / "501500_nets_ema.ckpt", tmp_path / "30000_nets_ema.ckpt", tmp_path / "dg.safetensors")
+    out = convert_checkpoint("dual_generator", [tmp_path / "501500_nets_ema.ckpt", tmp_path / "30000_nets_ema.ckpt"], tmp_path / "dg.safetensors")
     weights = read_weights(out, "dual_generator_reenactor")
     assert weights.config == {"size": 256, "style_dim": 128, "identity_dim": 4096, "identity_source": "vggface", "num_identities": 1454, "base_channels": None, "max_conv_dim": 512}
     assert weights.preprocessing["crop_convention"] == "reenactor"
+    assert weights.provenance["converted_from"] == "501500_nets_ema.ckpt + 30000_nets_ema.ckpt"
     model = build_model(weights)  # strict
     assert torch.equal(model.rfg.generator.decode[3].norm2.fc.weight, rfg["generator"]["decode.3.norm2.fc.weight"])
     assert torch.equal(model.rfg.style_encoder.fc.bias, rfg["style_encoder"]["fc.bias"])
@@ -125,16 +125,56 @@ def test_convert_official_checkpoints_and_load_strictly(tmp_path, official_model
     assert {k.split(".")[0] for k in weights.state_dict} == {"idsg", "rfg"}
 
 
-def test_converter_reads_config_from_shapes_and_needs_both_files(tmp_path):
-    small = official_rfg(base=8, widths=(16, 32), style=16, se_widths=(16, 32, 32, 32))  # a 64 px model
-    torch.save(_random(small), tmp_path / "rfg.ckpt")
+def _small_official_files(tmp_path, **extra_rfg_networks):
+    """A 64 px official pair of CheckpointIO files (RFG, IDSG), optionally with more RFG networks."""
+    small = _random(official_rfg(base=8, widths=(16, 32), style=16, se_widths=(16, 32, 32, 32)))
+    torch.save(small | extra_rfg_networks, tmp_path / "rfg.ckpt")
     torch.save(_random(official_idsg(num_identities=67)), tmp_path / "idsg.ckpt")
-    convert_main([str(tmp_path / "rfg.ckpt"), str(tmp_path / "idsg.ckpt"), str(tmp_path / "small.safetensors")])  # the command line
-    model = build_model(read_weights(tmp_path / "small.safetensors"))
+    return small
+
+
+def test_converter_reads_config_from_shapes_lists_left_out_networks_and_needs_both_files(tmp_path, capsys):
+    small = _small_official_files(tmp_path, mlp={"0.weight": torch.randn(16, 8)})  # the id-embedding variant's network
+    assert cli.main(["convert", "dual_generator", str(tmp_path / "rfg.ckpt"), str(tmp_path / "idsg.ckpt"), str(tmp_path / "small.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out" in printed and "rfg mlp" in printed and "small.safetensors" in printed
+    weights = read_weights(tmp_path / "small.safetensors")
+    assert weights.provenance["left_out"] == ["rfg mlp"]
+    model = build_model(weights)
     assert (model.size, model.style_dim, model.identity_dim) == (64, 16, 4096)
     assert model.idsg.linear_classfier.main_3[0].out_features == 67
-    with pytest.raises(WeightsError, match="both official files"):
+    # The converted model computes exactly what the official tensors, loaded into the pack's own modules, compute.
+    own = DualGeneratorReenactor(**weights.config).eval()
+    own.rfg.generator.load_state_dict(small["generator"])
+    own.rfg.style_encoder.load_state_dict(small["style_encoder"])
+    sketch, face = torch.rand(1, 3, 64, 64).round(), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.rfg.generator(sketch, model.rfg.style_encoder(face)), own.rfg.generator(sketch, own.rfg.style_encoder(face)))
+    with pytest.raises(WeightsError, match=r"takes 2 file\(s\) \(rfg, idsg"):
         convert_checkpoint("dual_generator", tmp_path / "rfg.ckpt", tmp_path / "x.safetensors")
+    with pytest.raises(WeightsError, match=r"rfg idsg\.ckpt, idsg rfg\.ckpt\): the rfg file lacks the networks \['generator', 'style_encoder'\]"):
+        convert_checkpoint("dual_generator", [tmp_path / "idsg.ckpt", tmp_path / "rfg.ckpt"], tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda rfg, idsg: rfg["generator"].pop("decode.1.conv2.bias"), r"1 missing: rfg\.generator\.decode\.1\.conv2\.bias"),
+        (lambda rfg, idsg: idsg["linear_decoder"].update({"main.12.weight": torch.zeros(1)}), r"1 unexpected: idsg\.linear_decoder\.main\.12\.weight"),
+        (lambda rfg, idsg: rfg["style_encoder"].update({"fc.bias": torch.zeros(15)}), r"1 wrong shape: rfg\.style_encoder\.fc\.bias: file \(15,\) vs model \(16,\)"),
+        (lambda rfg, idsg: rfg["generator"].pop("from_rgb.weight"), r"'from_rgb\.weight' is missing"),
+    ],
+    ids=["missing", "unexpected", "wrong_shape", "missing_config_key"],
+)
+def test_dual_generator_refusals_name_the_key_and_the_files(tmp_path, edit, expected):
+    _small_official_files(tmp_path)
+    rfg, idsg = torch.load(tmp_path / "rfg.ckpt"), torch.load(tmp_path / "idsg.ckpt")
+    edit(rfg, idsg)
+    torch.save(rfg, tmp_path / "rfg.ckpt")
+    torch.save(idsg, tmp_path / "idsg.ckpt")
+    with pytest.raises(WeightsError, match=r"^dual_generator \(rfg rfg\.ckpt, idsg idsg\.ckpt\): .*" + expected):
+        convert_checkpoint("dual_generator", [tmp_path / "rfg.ckpt", tmp_path / "idsg.ckpt"], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def _vgg_dag(fc_dim: int) -> dict[str, torch.Tensor]:

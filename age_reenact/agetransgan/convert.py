@@ -73,10 +73,11 @@ def official_weights(checkpoint: Any, path: Path | None = None) -> Weights:
 
 
 @register_converter("agetransgan", "official AgeTransGAN generator (.pt dict with 'g_ema', 10 or 4 groups)")
-def convert_official(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str, dict, dict]:
+def convert_official(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str, dict, dict, list[str]]:
     weights = official_weights(checkpoint)
-    build_model(weights)  # strict load now, so a wrong file fails at conversion rather than at first use
-    return weights.state_dict, weights.architecture, weights.config, weights.preprocessing
+    # The trainer's other entries (g, d, their optimisers, args) are not needed to age a face.
+    left_out = sorted(str(k) for k in checkpoint if k != "g_ema") if "g_ema" in checkpoint else []
+    return weights.state_dict, weights.architecture, weights.config, weights.preprocessing, left_out
 
 
 def load_generator(path: str | Path) -> AgeTransGANGenerator:

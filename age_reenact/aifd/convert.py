@@ -57,7 +57,7 @@ def _layout(state: Mapping[str, torch.Tensor], afd_variant: str) -> dict[str, An
 
 
 @register_converter("mtlface_tpami", "MTLFace TPAMI release (mtlface_checkpoints.tar) -> AIFD identity encoder + age head")
-def convert_mtlface_tpami(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str, dict, dict]:
+def convert_mtlface_tpami(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str, dict, dict, list[str]]:
     if not isinstance(checkpoint, Mapping) or "encoder.input_layer.0.weight" not in checkpoint:
         keys = list(checkpoint)[:5] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise WeightsError(
@@ -69,9 +69,9 @@ def convert_mtlface_tpami(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str
     if missing:
         raise WeightsError(f"the MTLFace checkpoint lacks {missing}; it is incomplete or not the TPAMI release.")
     config = _config(state, "tpami")
-    # Fail here, with the full list of mismatches, rather than when the converted file is first loaded.
-    load_state_dict_strict(AIFDEncoder(**config), state, source="the MTLFace TPAMI checkpoint")
-    return state, ARCHITECTURE, config, PREPROCESSING
+    # The synthesis parts (StyleGAN2 decoder, aging modules, style blocks), by module.
+    left_out = sorted({".".join(key.split(".")[:2]) for key in checkpoint if _encoder_key(key) is None})
+    return state, ARCHITECTURE, config, PREPROCESSING, left_out
 
 
 def _unwrapped(checkpoint: Any, role: str, first_key: str) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..weights import register_architecture, register_converter
+from ..weights import WeightsError, register_architecture, register_converter
 
 STAGES = ((2, 3, 64), (3, 4, 128), (4, 6, 256), (5, 3, 512))  # (stage, blocks, bottleneck width)
 DROPPED_HEADS = ("classifier.", "classgage.", "fc.")
@@ -63,16 +63,21 @@ VGGFACE2_PREPROCESSING = {"convention": "agetransgan", "size": 224, "channels": 
 
 
 @register_converter("agetransgan_age_estimator", "AgeTransGAN's VGGFace2 ResNet-50 age estimator (plain state_dict of Resnet50_ft)")
-def convert_vggface2(checkpoint: dict) -> tuple[dict, str, dict, dict]:
+def convert_vggface2(checkpoint: dict) -> tuple[dict, str, dict, dict, list[str]]:
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(f"expected the estimator's state_dict, got {type(checkpoint).__name__}.")
     state_dict = checkpoint.get("state_dict", checkpoint)
-    converted = {}
+    converted, left_out = {}, set()
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
         if key.startswith(DROPPED_HEADS):
+            left_out.add(key.rsplit(".", 1)[0])
             continue
         converted[key] = value
+    if "classage.weight" not in converted:
+        raise WeightsError(f"no age head: expected 'classage.weight' (got {sorted(converted)[:5]} ...).")
     num_ages = converted["classage.weight"].shape[0]
     # Older checkpoints predate BatchNorm's step counter; it does not affect inference.
     for key in [k for k in converted if k.endswith("_bn.running_mean")]:
         converted.setdefault(key.replace("running_mean", "num_batches_tracked"), torch.tensor(0))
-    return converted, "vggface2_age_resnet50", {"num_ages": num_ages}, VGGFACE2_PREPROCESSING
+    return converted, "vggface2_age_resnet50", {"num_ages": num_ages}, VGGFACE2_PREPROCESSING, sorted(left_out)
