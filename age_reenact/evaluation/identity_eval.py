@@ -3,9 +3,9 @@
 Verification, on an LFW-style folder: the threshold is the best-accuracy one on same/different pairs of
 the `train` people and is then applied, unchanged, to `pairs_test.csv` (people never trained on). The
 same pairs and faces are scored by dlib's public-domain network as the reference (its own threshold is
-chosen the same way; its published 0.6 is reported too). Faces: the largest dlib HOG face (68 points);
-where HOG finds none, its landmarks are predicted inside the median face box of same-size images (LFW
-and UTKFace are pre-centred chips), for both models alike.
+chosen the same way; its published 0.6 is reported too). Faces: the largest face of the pack's default
+detector (68 points); where it finds none, its landmarks are predicted inside the median face box of
+same-size images (LFW and UTKFace are pre-centred chips), for both models alike.
 
 Decomposition (the paper's eq. 1), on a UTKFace-style folder: how well age can be read from the identity
 part, the identity embedding, and the age part. Each is probed by the same small network (the shape of
@@ -44,7 +44,7 @@ Progress = Callable[[str, int, int], None]
 class AlignedSet:
     crops: torch.Tensor  # [N, S, S, 3] uint8 ArcFace crops (zeros where the image was unreadable)
     dlib: np.ndarray | None  # [N, 128] dlib embeddings (NaN where unreadable), when asked for
-    detected: np.ndarray  # [N] bool: HOG found the face (else the median-box fallback)
+    detected: np.ndarray  # [N] bool: the detector found the face (else the median-box fallback)
     usable: np.ndarray  # [N] bool: readable, with a face or a fallback
 
 
@@ -289,7 +289,7 @@ def identity_table(results: dict) -> str:
         v = results["verification"]
         lines += [
             f"LFW verification: {v['pairs_test']} test pairs of people never trained on; thresholds chosen on {v['train_pairs']} pairs of train people "
-            f"({v['hog_missed']} of {v['images']} images without a HOG face used the median-box fallback; {v['unusable']} unusable, "
+            f"({v['hog_missed']} of {v['images']} images without a detected face used the median-box fallback; {v['unusable']} unusable, "
             "their pairs count as different).",
             "",
             "| model | threshold | train-pairs accuracy | test accuracy |",
