@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     headless = commands.add_parser("headless", help="run an API-format workflow on a ComfyUI server and download its outputs")
     headless.add_argument("workflow", help="API-format workflow JSON (api_workflows/*.json, or File > Export (API))")
-    headless.add_argument("--server", default="http://127.0.0.1:8188")
+    headless.add_argument("--server", default="http://127.0.0.1:8188", help="the ComfyUI server's address (default: %(default)s)")
     headless.add_argument("--upload", action="append", default=[], metavar="NODE[.INPUT]=PATH", help="upload an image and set it as that node's input (default input: image)")
     headless.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="replace an input; VALUE is JSON (3, true, \"text\") or plain text")
     headless.add_argument("--out", default="outputs/headless", help="folder for the output images and outputs.json")
