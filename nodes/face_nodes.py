@@ -27,10 +27,10 @@ class FaceCrop:
                 "image": ("IMAGE", {"tooltip": "Frames to find faces in (one image or a video batch)."}),
                 "crop_convention": (list(CONVENTIONS), {"default": "agetransgan", "tooltip": "agetransgan: AgeTransGAN's multi-pose templates; arcface: 112-style identity crop; reenactor: the dual-generator's 256 crop."}),
                 "size": ("INT", {"default": 256, "min": 64, "max": 2048, "step": 8, "tooltip": "Crop size in pixels."}),
-                "face_choice": (list(FACE_CHOICES), {"default": "largest", "tooltip": "largest: the biggest face per frame; index: the n-th face from the left; all: every face."}),
+                "face_choice": (list(FACE_CHOICES), {"default": "largest", "tooltip": "largest: the most prominent face per frame (the biggest of those above the detector's confidence floor); index: the n-th face from the left; all: every face."}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "With face_choice 'index': 0 is the leftmost face."}),
                 "on_no_face": (list(NO_FACE_ACTIONS), {"default": "error", "tooltip": "error: stop and name the frame; passthrough: keep the frame unchanged (paste leaves it as it was)."}),
-                "upsample": ("INT", {"default": 1, "min": 0, "max": 3, "tooltip": "Detector upsampling; higher finds smaller faces, about 4x slower per step."}),
+                "upsample": ("INT", {"default": 1, "min": 0, "max": 3, "tooltip": "Higher finds smaller faces, about 4x slower per step: the MTCNN detector searches faces down to 40, 20, 10, 5 px at 0..3."}),
                 "landmarks": (["68", "5"], {"default": "68", "tooltip": "68: iBUG predictor (non-commercial licence, needed by the reenactor); 5: public-domain predictor."}),
                 "cnn_fallback": ("BOOLEAN", {"default": False, "tooltip": "Retry frames without a face with dlib's CNN detector (seconds per frame)."}),
             }
