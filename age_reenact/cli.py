@@ -134,7 +134,7 @@ def _evaluate_identity(args: argparse.Namespace) -> None:
                                 fgnet, args.min_gap)
     bars.close()
     print(identity_table(results), end="")
-    print(f"wrote {args.out}/identity_table.md and identity_metrics.json")
+    print(f"wrote {args.out}/identity_table.md and identity_metrics.json" + (" and cross_age_examples.png" if args.fgnet else ""))
 
 
 def _evaluate_reenactment(args: argparse.Namespace) -> None:

@@ -173,3 +173,4 @@ def test_verification_across_ages_on_test_people(tiny_fgnet, encoder, tmp_path, 
     save_weights(model, encoder.state_dict(), "aifd_encoder", dict(depth=[1, 1, 1, 1], widths=[8, 16, 32, 32], embedding_dim=32))
     assert main(["evaluate", "identity", "--model", str(model), "--fgnet", str(tiny_fgnet), "--out", str(tmp_path / "report")]) == 0
     assert "Across ages (FG-NET, 2 test people)" in capsys.readouterr().out
+    assert (tmp_path / "report" / "cross_age_examples.png").is_file()

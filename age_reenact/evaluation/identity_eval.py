@@ -209,8 +209,10 @@ def cross_age_pairs(items: Sequence[IdentityImage], min_gap: float, seed: int = 
     return np.array(a + list(da)), np.array(b + list(db)), np.array([True] * len(a) + [False] * len(da))
 
 
-def verify_across_ages(encoder: AIFDEncoder, fgnet: Path, min_gap: float = 10, seed: int = 0, progress: Progress | None = None) -> dict:
-    """Same person years apart vs different people, on test people, with the threshold chosen on train people."""
+def verify_across_ages(encoder: AIFDEncoder, fgnet: Path, min_gap: float = 10, seed: int = 0, progress: Progress | None = None,
+                       examples: Path | None = None) -> dict:
+    """Same person years apart vs different people, on test people, with the threshold chosen on train people;
+    `examples`: a PNG of test pairs with both models' scores."""
     items = {split: fgnet_items(fgnet, split) for split in ("train", "test")}
     paths = [i.path for i in items["train"] + items["test"]]
     offset = {"train": 0, "test": len(items["train"])}
@@ -235,7 +237,31 @@ def verify_across_ages(encoder: AIFDEncoder, fgnet: Path, min_gap: float = 10, s
             "true_accept_at_1pct_false_accept": float((test_scores[test_same] > at_1pct).mean()),
         }
     results["dlib"]["true_accept_at_0.6"] = float((scores["dlib"](*pairs["test"][:2])[test_same] > -SAME_PERSON_DISTANCE).mean())
+    if examples is not None:
+        everyone = items["train"] + items["test"]
+        _save_pair_examples(aligned, everyone, pairs["test"], scores, examples)
     return results
+
+
+def _save_pair_examples(aligned: AlignedSet, items: Sequence[IdentityImage], pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+                        scores: dict[str, Callable], path: Path, count: int = 4) -> None:
+    """The same-person test pairs furthest apart in age (one per person) and as many different-person pairs, with both scores."""
+    from .ageing_eval import save_grid
+
+    a, b, same = pairs
+    gap = np.abs(np.array([items[i].age for i in a]) - np.array([items[j].age for j in b]))
+    chosen, people = [], set()
+    for k in np.flatnonzero(same)[np.argsort(-gap[same], kind="stable")]:
+        if items[a[k]].person not in people and len(people) < count:
+            people.add(items[a[k]].person)
+            chosen.append(k)
+    chosen += list(np.flatnonzero(~same)[:count])
+    rows = np.array(chosen)
+    ours, dlib = scores["ours"](a[rows], b[rows]), -scores["dlib"](a[rows], b[rows])
+    labels = [f"{'same' if same[k] else 'other'}, ages {items[a[k]].age:g}/{items[b[k]].age:g}: cos {o:.2f}, dlib {d:.2f}"
+              for k, o, d in zip(rows, ours, dlib)]
+    crops = torch.stack([aligned.crops[a[rows]], aligned.crops[b[rows]]], 1).float() / 255
+    save_grid(crops, path, ["face A", "face B"], labels)
 
 
 def fit_probe(features: torch.Tensor, ages: torch.Tensor, steps: int = 1500, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -346,7 +372,7 @@ def evaluate_identity(encoder: AIFDEncoder, lfw: Path | None, utkface: Path | No
     if utkface is not None:
         results["decomposition"] = decomposition_probe(encoder, utkface, limit, progress)
     if fgnet is not None:
-        results["cross_age"] = verify_across_ages(encoder, fgnet, min_gap, seed, progress)
+        results["cross_age"] = verify_across_ages(encoder, fgnet, min_gap, seed, progress, out / "cross_age_examples.png")
     out.mkdir(parents=True, exist_ok=True)
     (out / "identity_metrics.json").write_text(json.dumps(results, indent=2))
     (out / "identity_table.md").write_text(identity_table(results))
