@@ -130,8 +130,9 @@ def _is_pickle(path: Path) -> bool:
     return head in (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
-    """Strict load that lists every missing, unexpected and mis-shaped key instead of torch's first error."""
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that lists every missing, unexpected and mis-shaped key instead of torch's first error;
+    `source` names the file (or part of one) in the message."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
