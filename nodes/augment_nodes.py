@@ -55,13 +55,23 @@ def _model_dirs(kind: str, marker: str) -> list[str]:
     return sorted(names)
 
 
+# The pack ships neither model (size and licences): the user brings them. Shown in the lists when a folder is
+# empty, and in the validation message, so a missing model says what to get and where to put it.
+MISSING_CHECKPOINT = model_paths.MISSING + "an SD1.5 checkpoint"
+MISSING_CONTROLNET = model_paths.MISSING + "an SD1.5 openpose ControlNet"
+GET_MODELS = ("The augmenter needs your own Stable Diffusion 1.5 checkpoint (a .safetensors file in models/checkpoints, or a diffusers "
+              "SD1.5 folder in models/diffusers) and an SD1.5 openpose ControlNet such as control_v11p_sd15_openpose (models/controlnet); "
+              "the pack ships neither, download them from their publishers (e.g. Hugging Face), and `pip install age-reenact[augment]`. "
+              "After adding a file, press R in ComfyUI to refresh the lists.")
+
+
 def _resolve(kind: str, name: str) -> Path:
-    name = model_paths.validate_model_name(name)
+    name = model_paths.validate_model_name(name.removeprefix(model_paths.MISSING))
     for folder in _folders(kind):
         if (folder / name).exists():
             return folder / name
     searched = ", ".join(str(f) for f in _folders(kind)) or f"(none: set {model_paths.ENV_VAR})"
-    raise model_paths.ModelNotFoundError(f"{name!r} not found in the '{kind}' model folders: {searched}")
+    raise model_paths.ModelNotFoundError(f"{name!r} not found in the '{kind}' model folders: {searched}. {GET_MODELS}")
 
 
 def _tokenizer_candidates(explicit: str) -> list[Path]:
@@ -124,8 +134,8 @@ class AugmenterLoader:
         controlnets = _files("controlnet") + _model_dirs("controlnet", "config.json")
         return {
             "required": {
-                "checkpoint": (checkpoints, {"tooltip": "An SD1.5 checkpoint (.safetensors in models/checkpoints) or a diffusers SD1.5 folder (models/diffusers)."}),
-                "controlnet": (controlnets, {"tooltip": "An SD1.5 face/pose ControlNet (.safetensors file or diffusers folder in models/controlnet)."}),
+                "checkpoint": (checkpoints or [MISSING_CHECKPOINT], {"tooltip": "An SD1.5 checkpoint (.safetensors in models/checkpoints) or a diffusers SD1.5 folder (models/diffusers). " + GET_MODELS}),
+                "controlnet": (controlnets or [MISSING_CONTROLNET], {"tooltip": "An SD1.5 face/pose ControlNet (.safetensors file or diffusers folder in models/controlnet). " + GET_MODELS}),
                 "precision": (list(PRECISIONS), {"default": AUTO, "tooltip": "auto: fp16 on GPU, bf16 on CPUs with native bf16, else fp32."}),
                 "device": (list(DEVICES), {"default": AUTO, "tooltip": "auto: ComfyUI's device (GPU if present)."}),
                 "offload": ("BOOLEAN", {"default": True, "tooltip": "GPU only: keep models on the CPU and move each to the GPU only while it runs."}),
@@ -135,16 +145,28 @@ class AugmenterLoader:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint, controlnet):
+        # In place of ComfyUI's "not in []": which model is missing, where it goes, how to get it.
+        try:
+            _checkpoint_path(checkpoint), _resolve("controlnet", controlnet)
+        except (ValueError, FileNotFoundError) as exc:
+            return str(exc)
+        return True
+
     def load(self, checkpoint, controlnet, precision, device, offload, tokenizer_dir=""):
         import_diffusers()  # a missing install is the first thing to report
-        if checkpoint.startswith(DIFFUSERS_PREFIX):
-            checkpoint_path = _resolve("diffusers", checkpoint[len(DIFFUSERS_PREFIX):])
-        else:
-            checkpoint_path = _resolve("checkpoints", checkpoint)
         augmenter = PoseAugmenter.load(
-            checkpoint_path, _resolve("controlnet", controlnet), _tokenizer_candidates(tokenizer_dir), torch_device(device), precision, offload
+            _checkpoint_path(checkpoint), _resolve("controlnet", controlnet), _tokenizer_candidates(tokenizer_dir), torch_device(device), precision, offload
         )
         return (augmenter,)
+
+
+def _checkpoint_path(name: str) -> Path:
+    """A single-file checkpoint in models/checkpoints, or (with the `diffusers/` prefix) a folder in models/diffusers."""
+    if name.startswith(DIFFUSERS_PREFIX):
+        return _resolve("diffusers", name[len(DIFFUSERS_PREFIX):])
+    return _resolve("checkpoints", name)
 
 
 class AugmentPose:

@@ -49,9 +49,8 @@ def test_node_definitions_are_well_formed(pack):
                 kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
                 assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
                 if isinstance(kind, list):
-                    # The pack's model lists are never empty (a placeholder, test below); the augmenter's lists
-                    # of the user's own SD1.5/ControlNet files may be.
-                    assert (kind or node_id == "AgeReenactAugmenterLoader") and all(isinstance(k, str) for k in kind) and ("default" not in options or options["default"] in kind), f"{node_id}.{name}"
+                    # Model lists are never empty: without files, a placeholder (tests below).
+                    assert kind and all(isinstance(k, str) for k in kind) and ("default" not in options or options["default"] in kind), f"{node_id}.{name}"
                 elif kind in ("INT", "FLOAT"):
                     assert options["min"] <= options["default"] <= options["max"], f"{node_id}.{name}"
                 elif kind in ("BOOLEAN", "STRING"):
@@ -123,3 +122,20 @@ def test_loader_without_models_says_which_file_where_and_how_to_get_it(pack, nod
             cls().load(**{**{key: spec[1].get("default", spec[0][0]) for key, spec in cls.INPUT_TYPES()["required"].items()}, "model_name": name})
         assert str(raised.value).startswith(message)
     assert "'..'" in cls.VALIDATE_INPUTS("../escape.safetensors")
+
+
+def test_augmenter_loader_without_models_says_what_to_get(pack, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGE_REENACT_MODELS", str(tmp_path))  # empty model folders
+    loader = pack.nodes.NODE_CLASS_MAPPINGS["AgeReenactAugmenterLoader"]
+    required = loader.INPUT_TYPES()["required"]
+    checkpoint, controlnet = required["checkpoint"][0], required["controlnet"][0]
+    assert checkpoint[0].startswith("missing: ") and controlnet[0].startswith("missing: ")
+    message = loader.VALIDATE_INPUTS(checkpoint[0], controlnet[0])
+    assert isinstance(message, str) and "models/checkpoints" in message and "control_v11p_sd15_openpose" in message
+    assert "pip install age-reenact[augment]" in message
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "controlnet").mkdir()
+    (tmp_path / "checkpoints" / "sd15.safetensors").write_bytes(b"")
+    (tmp_path / "controlnet" / "openpose.safetensors").write_bytes(b"")
+    assert loader.VALIDATE_INPUTS("sd15.safetensors", "openpose.safetensors") is True
+    assert "openpose2.safetensors" in loader.VALIDATE_INPUTS("sd15.safetensors", "openpose2.safetensors")
