@@ -7,7 +7,8 @@ Two orders:
 - age_then_reenact: age the source face to each target, then reenact each aged source (AgeTransGAN sees
   the source's own, usually frontal, face).
 
-Detection and alignment are shared: the source and every driving frame are detected once. Later stages
+Detection and alignment are shared: the source and every driving frame are detected once (driving frames
+on keyframes, tracked in between: face/track.py). Later stages
 reuse that geometry instead of searching the generated faces again: the reenacted face is where its
 target landmarks (the sketch the face generator drew from) lie in the driving frame, and an aged source
 keeps the source's landmarks. Given the same geometry, each stage is exactly the single-model pipeline
@@ -31,6 +32,7 @@ from .agetransgan.pipeline import AgeTransGAN
 from .face.align import transform_points
 from .face.crop import FaceCrops, NoFaceError, crops_from_points, extract_crops
 from .face.detect import FaceDetector
+from .face.track import LandmarkTracker
 from .face.paste import COLOR_MATCH, paste_crops
 from .face.templates import five_points_from_68
 from .images import to_image_batch
@@ -52,14 +54,16 @@ class ChainSettings:
     on_no_face: str = "error"  # or "passthrough": driving frames without a face stay unchanged
     feather: float = 0.06
     color_match: str = "none"
+    detect_every: int = 10  # driving frames detected in full every this many frames, tracked in between
 
     def validate(self) -> None:
         for name, value, allowed in (("order", self.order, ORDERS), ("mode", self.mode, MODES),
                                      ("on_no_face", self.on_no_face, NO_FACE_ACTIONS), ("color_match", self.color_match, COLOR_MATCH)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        for name, value in (("chunk_size", self.chunk_size), ("detect_every", self.detect_every)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         smoothing_filter(self.smoothing)  # range check
 
 
@@ -103,19 +107,20 @@ def _to_frame(reenact_crops: FaceCrops, targets: np.ndarray) -> np.ndarray:
 class _Reenactment:
     """reenact() on successive chunks of one video, with the state a single whole-video call would keep.
 
-    Smoothing runs here, before the chunk is handed over. The relative mode measures motion from the
+    Tracking and smoothing run here, before the chunk is handed over. The relative mode measures motion from the
     driver's first face frame, so that frame (once seen) is put in front of every later chunk and its
     output dropped: chunk by chunk then gives exactly what one call over the whole video gives.
     """
 
     def __init__(self, reenactor: Reenactor, source_landmarks: np.ndarray, settings: ChainSettings, detector: FaceDetector):
-        self.reenactor, self.source_landmarks, self.settings, self.detector = reenactor, source_landmarks, settings, detector
+        self.reenactor, self.source_landmarks, self.settings = reenactor, source_landmarks, settings
         self.smoother = smoothing_filter(settings.smoothing)
+        self.tracker = LandmarkTracker(detector, settings.detect_every)
         self.reference: tuple[torch.Tensor, np.ndarray] | None = None
 
     def landmarks(self, frames: torch.Tensor, offset: int) -> np.ndarray:
-        """Detected (and smoothed) driver landmarks of one chunk; raises on a faceless frame unless passthrough."""
-        found = _driver_landmarks(frames, offset, None, self.detector, self.smoother, self.settings.on_no_face)
+        """Detected or tracked (and smoothed) driver landmarks of one chunk; raises on a faceless frame unless passthrough."""
+        found = _driver_landmarks(frames, offset, None, self.tracker, self.smoother, self.settings.on_no_face)
         valid = np.flatnonzero(np.isfinite(found).all(axis=(1, 2)))
         if self.reference is None and len(valid):
             self.reference = (frames[valid[0] : valid[0] + 1].clone(), found[valid[0]][None])  # not a view: the chunk is freed

@@ -2,10 +2,11 @@
 
 The models have the configs of the bundled files when those are present (weights/<family>/), else those
 of the training tasks' default presets (128 px AgeTransGAN and reenactor); weights are random, which does
-not change the speed. One target group, a 512 px driving video (the astronaut photo swaying); per-frame
-work only (detection, reenactment, ageing, paste-back): the time of a 1-frame run (source detection and
-encoding) is subtracted. Also here: `write_models`, which the tests use to write tiny random models
-under the bundled file names.
+not change the speed. One target group, a 512 px driving video (the astronaut photo swaying,
+bench_reenactor.synthetic_video), driver landmarks detected on every frame (detect every 1) or tracked
+between keyframes (the default, 10); per-frame work only (landmarks, reenactment, ageing, paste-back):
+the time of a 1-frame run (source detection and encoding) is subtracted. Also here: `write_models`,
+which the tests use to write tiny random models under the bundled file names.
 
     nice -n 10 python benchmarks/bench_chain.py --frames 8
     python benchmarks/bench_chain.py --device cuda --frames 64
@@ -13,7 +14,6 @@ under the bundled file names.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,11 +30,10 @@ from age_reenact.chain import ORDERS, ChainSettings, reenact_and_age  # noqa: E4
 from age_reenact.devices import describe_device  # noqa: E402
 from age_reenact.estimator.resnet import AgeResNet  # noqa: E402
 from age_reenact.face.detect import FaceDetector  # noqa: E402
+from age_reenact.face.track import LandmarkTracker  # noqa: E402
 from age_reenact.reenact import DualGeneratorReenactor, Reenactor  # noqa: E402
 from age_reenact.weights import save_weights  # noqa: E402
-from age_reenact.face.align import warp_affine  # noqa: E402
-from age_reenact.images import load_image  # noqa: E402
-from benchmarks.bench_reenactor import FIXTURES, einstein  # noqa: E402
+from benchmarks.bench_reenactor import astronaut, einstein, synthetic_video  # noqa: E402
 
 TINY = {
     "agetransgan": dict(size=64, group=10, style_dim=32, n_mlp=2, channel_multiplier=1),
@@ -71,27 +70,19 @@ def write_models(folder: str | Path, configs: dict[str, dict] = TINY, seed: int 
 
 
 def driving_video(frames: int) -> torch.Tensor:
-    """The astronaut photo (512 px) swaying in roll, scale and position: uint8 [T, 512, 512, 3]."""
-    photo = load_image(FIXTURES / "astronaut.png").permute(0, 3, 1, 2)
-    video = torch.empty(frames, 512, 512, 3, dtype=torch.uint8)
-    for t in range(frames):
-        phase = 2 * math.pi * t / 30
-        angle, scale = math.radians(6) * math.sin(phase), 1 + 0.04 * math.sin(phase / 2)
-        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) * scale
-        centre = np.array([256.0, 200.0])
-        matrix = np.concatenate([rotation, (centre - rotation @ centre + [5 * math.sin(phase), 0])[:, None]], 1)
-        video[t] = (warp_affine(photo, matrix[None], (512, 512))[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
-    return video
+    """The astronaut photo swaying in roll, scale and position: uint8 [T, 512, 512, 3]."""
+    image, landmarks = astronaut()
+    return synthetic_video(image, landmarks, frames, size=512, eye_distance=0.1)[0]
 
 
-def seconds_per_frame(order: str, precision: str, device: torch.device, frames: int, chunk: int) -> tuple[float, float]:
+def seconds_per_frame(order: str, precision: str, device: torch.device, frames: int, chunk: int, detect_every: int = 10) -> tuple[float, float]:
     """(wall, CPU) seconds per driving frame; CPU time (all threads) is steadier on a shared machine."""
     torch.manual_seed(0)
     ager = AgeTransGAN.create(_random_agetransgan(bundled_config("agetransgan")[0]), device, precision)
     reenactor = Reenactor(DualGeneratorReenactor(**bundled_config("reenactor")[0]), None, device, precision)
     image, _ = einstein()
     video = driving_video(frames + 1)
-    settings = ChainSettings(order=order, mode="relative", smoothing=0.3, chunk_size=chunk)
+    settings = ChainSettings(order=order, mode="relative", smoothing=0.3, chunk_size=chunk, detect_every=detect_every)
     detector = FaceDetector(landmarks="68")
 
     def timed(count: int) -> np.ndarray:
@@ -107,12 +98,23 @@ def seconds_per_frame(order: str, precision: str, device: torch.device, frames: 
     return tuple((timed(frames + 1) - timed(1)) / frames)
 
 
+def landmark_seconds(video: torch.Tensor, detect_every: int) -> tuple[float, int]:
+    """Seconds per frame for the driver's landmarks alone (detected every `detect_every` frames, tracked
+    in between), and how many full detections ran."""
+    tracker = LandmarkTracker(FaceDetector(landmarks="68"), detect_every)
+    start = time.perf_counter()
+    for frame in video:
+        tracker(frame.numpy())
+    return (time.perf_counter() - start) / len(video), tracker.detections
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--detect-every", type=int, nargs="+", default=[1, 10], help="1: detect every driving frame; N: track between detections")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -122,16 +124,16 @@ def main() -> None:
     for family in ("agetransgan", "reenactor"):
         config, origin = bundled_config(family)
         print(f"{family}: {config} ({origin})")
-    print(f"\n{'order':>17} {'precision':>9} {'s/frame':>8} {'CPU s/frame':>11}")
+    print(f"\n{'order':>17} {'precision':>9} {'detect every':>12} {'s/frame':>8} {'frames/s':>8} {'CPU s/frame':>11}")
     for order in ORDERS:
         for precision in args.precisions:
-            wall, cpu = seconds_per_frame(order, precision, device, args.frames, args.chunk)
-            print(f"{order:>17} {precision:>9} {wall:>8.3f} {cpu:>11.3f}")
-    video, detector = driving_video(args.frames), FaceDetector(landmarks="68")
-    start = time.perf_counter()
-    for frame in video:
-        detector.detect(frame.numpy())
-    print(f"of which face detection (dlib HOG + 68 landmarks, CPU): {(time.perf_counter() - start) / args.frames:.3f} s/frame")
+            for every in args.detect_every:
+                wall, cpu = seconds_per_frame(order, precision, device, args.frames, args.chunk, every)
+                print(f"{order:>17} {precision:>9} {every:>12} {wall:>8.3f} {1 / wall:>8.2f} {cpu:>11.3f}")
+    video = driving_video(args.frames)
+    for every in args.detect_every:
+        seconds, detections = landmark_seconds(video, every)
+        print(f"of which driver landmarks (CPU), detect every {every}: {seconds:.3f} s/frame ({detections} detections)")
 
 
 if __name__ == "__main__":

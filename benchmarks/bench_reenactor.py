@@ -16,6 +16,7 @@ across N mean the working memory does not grow with the video.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,26 +46,58 @@ def einstein() -> tuple[torch.Tensor, np.ndarray]:
     return load_image(FIXTURES / "einstein.jpg"), np.loadtxt(FIXTURES / "einstein.pts", skiprows=3, max_rows=68) - 1.0
 
 
-def synthetic_video(image: torch.Tensor, landmarks: np.ndarray, frames: int, size: int = 256) -> tuple[torch.Tensor, np.ndarray]:
-    """A head-motion video made by warping one face: uint8 [T, size, size, 3] frames and their landmarks.
+def astronaut() -> tuple[torch.Tensor, np.ndarray]:
+    """The astronaut photo and the 68 landmarks the pack's detector finds on it: a driver whose synthetic
+    motion the detector follows (it misses Einstein's raised head in many moved frames), and whose true
+    landmarks in every moved frame are these, moved."""
+    from age_reenact.face.detect import FaceDetector
+    from age_reenact.images import to_uint8
 
-    The face (eyes size/5 apart, centred) sways in roll, scale and position along slow sines. Frames are
-    warped one at a time into a uint8 batch, so building a long video has no large float temporaries.
+    image = load_image(FIXTURES / "astronaut.png")
+    return image, FaceDetector(landmarks="68").detect(to_uint8(image[0]))[0].landmarks
+
+
+def synthetic_video(
+    image: torch.Tensor,
+    landmarks: np.ndarray,
+    frames: int,
+    size: int = 256,
+    eye_distance: float = 0.2,
+    period: float = 60,
+    noise: float = 0.0,
+    jpeg: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A head-motion video made by warping one face: uint8 [T, size, size, 3] frames and their true landmarks.
+
+    The face (eyes eye_distance * size apart, centred) sways in roll (8 degrees), scale (5 %) and position
+    (a few px) along sines of `period` frames. noise (grey levels, std) and jpeg (a quality) degrade each
+    frame independently, as a camera and a codec do, so a detector's landmarks jitter around the true
+    ones. Frames are made one at a time into a uint8 batch: a long video has no large float temporaries.
     """
     points5 = five_points_from_68(landmarks)
+    rng = np.random.default_rng(seed)
     centre = np.array([size / 2, size / 2])
-    base_eyes = np.array([[-0.1, -0.06], [0.1, -0.06]]) * size + centre
+    base_eyes = np.array([[-eye_distance / 2, -0.06], [eye_distance / 2, -0.06]]) * size + centre
     source = image[:1].permute(0, 3, 1, 2)
     video = torch.empty(frames, size, size, 3, dtype=torch.uint8)
     tracks = np.empty((frames, 68, 2))
     for t in range(frames):
-        phase = 2 * math.pi * t / 60
+        phase = 2 * math.pi * t / period
         angle, scale = math.radians(8) * math.sin(phase), 1 + 0.05 * math.sin(phase / 2)
         shift = np.array([6 * math.sin(phase / 3), 4 * math.cos(phase / 2)])
         rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) * scale
         matrix = similarity_transform(points5[:2], (base_eyes - centre) @ rotation.T + centre + shift)
         tracks[t] = transform_points(matrix, landmarks)
-        video[t] = (warp_affine(source, matrix[None], (size, size))[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
+        frame = warp_affine(source, matrix[None], (size, size))[0].permute(1, 2, 0) * 255
+        if noise:
+            frame = frame + torch.from_numpy(rng.normal(0.0, noise, frame.shape)).float()
+        frame = (frame.clamp(0, 255) + 0.5).to(torch.uint8)
+        if jpeg is not None:
+            buffer = io.BytesIO()
+            Image.fromarray(frame.numpy()).save(buffer, format="JPEG", quality=jpeg)
+            frame = torch.from_numpy(np.array(Image.open(buffer).convert("RGB")))
+        video[t] = frame
     return video, tracks
 
 

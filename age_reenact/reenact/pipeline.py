@@ -1,10 +1,11 @@
 """Reenact a source face with the motion of a driving video, chunk by chunk.
 
-For each chunk of driving frames: 68 landmarks per frame (detected, or given), optional smoothing,
-the reenactor crop fitted to them, target landmarks (motion.py), sketches (sketch.py), the RFG, and
-paste-back into the driving frames through the crop's exact inverse (or the crops themselves). Only
-the output batch grows with the video; everything else lives for one chunk, and results are moved to
-the CPU as each chunk finishes, so long videos run in bounded memory.
+For each chunk of driving frames: 68 landmarks per frame (detected on keyframes and tracked between them,
+face/track.py; or given), optional smoothing, the reenactor crop fitted to them, target landmarks
+(motion.py), sketches (sketch.py), the RFG, and paste-back into the driving frames through the crop's
+exact inverse (or the crops themselves). Only the output batch grows with the video; everything else
+lives for one chunk, and results are moved to the CPU as each chunk finishes, so long videos run in
+bounded memory.
 
 The identity code of the absolute mode is pluggable: `identity_fn` maps source crops [B, 3, S, S]
 (0..1, reenactor convention, on the model's device) to [B, identity_dim]. The VGG-Face encoder
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device, resolve_dtype
-from ..face.crop import FaceCrops, NoFaceError, choose_faces, crops_from_points, extract_crops
+from ..face.crop import FaceCrops, NoFaceError, crops_from_points, extract_crops
 from ..face.detect import FaceDetector
 from ..face.paste import COLOR_MATCH, crop_masks, paste_crops
 from ..face.templates import five_points_from_68
+from ..face.track import LandmarkTracker, largest_face
 from ..images import to_image_batch, to_uint8
 from ..weights import WeightsError, build_model, read_weights
 from .model import DualGeneratorReenactor
@@ -119,8 +121,8 @@ class ReenactResult:
 
 
 def _largest_face_landmarks(detector: FaceDetector, image: torch.Tensor) -> np.ndarray | None:
-    faces = choose_faces(detector.detect(to_uint8(image)), "largest", 0, 0)
-    return faces[0].landmarks if faces else None
+    face = largest_face(detector, to_uint8(image))
+    return None if face is None else face.landmarks
 
 
 def _crops(frame_size: tuple[int, int], landmarks: np.ndarray, size: int) -> FaceCrops:
@@ -142,14 +144,14 @@ def _driver_landmarks(
     frames: torch.Tensor,
     offset: int,
     given: np.ndarray | None,
-    detector: FaceDetector | None,
+    tracker: LandmarkTracker | None,
     smoother: OneEuroFilter | None,
     on_no_face: str,
 ) -> np.ndarray:
     """Landmarks [n, 68, 2] in frame pixels for one chunk of driving frames (NaN rows: no face)."""
     landmarks = np.full((len(frames), 68, 2), np.nan)
     for row in range(len(frames)):
-        found = given[offset + row] if given is not None else _largest_face_landmarks(detector, frames[row])
+        found = given[offset + row] if given is not None else tracker(to_uint8(frames[row]))
         if found is None or not np.isfinite(found).all():
             if on_no_face == "error":
                 raise NoFaceError(f"driving frame {offset + row}: no face found. Set 'on no face' to passthrough to leave such frames unchanged.")
@@ -172,6 +174,7 @@ def reenact(
     detector: FaceDetector | None = None,
     source_landmarks: np.ndarray | None = None,
     driving_landmarks: np.ndarray | None = None,
+    detect_every: int = 10,
     chunk_size: int = 16,
     on_no_face: str = "error",
     feather: float = 0.06,
@@ -186,6 +189,8 @@ def reenact(
     matching applies to paste only).
     source_landmarks [68, 2] / driving_landmarks [T, 68, 2]: iBUG-68 points in frame pixels that skip
     detection (NaN rows = no face); otherwise `detector` (a 68-point FaceDetector) finds the largest face.
+    detect_every: driving frames are detected in full every this many frames (and where tracking loses
+    the face); in between, the landmarks are tracked from the previous frame (face/track.py). 1: detect all.
     on_no_face: "error", or "passthrough" to leave driving frames without a face unchanged.
     """
     if mode not in MODES or output not in OUTPUTS or on_no_face not in NO_FACE_ACTIONS or color_match not in COLOR_MATCH:
@@ -198,6 +203,7 @@ def reenact(
         raise ValueError("the reenactor draws sketches from 68 landmarks; use a detector with landmarks='68'.")
     size = reenactor.size
     smoother = smoothing_filter(smoothing)  # validates the range before any work
+    tracker = LandmarkTracker(detector, detect_every) if driving_landmarks is None else None
     if not isinstance(driving, torch.Tensor) or driving.ndim != 4 or len(driving) == 0:
         driving = to_image_batch(driving, "driving")  # a single frame, or an error that says what is wrong
     total, height, width = driving.shape[:3]
@@ -224,7 +230,7 @@ def reenact(
     for start in range(0, total, chunk_size):
         stop = min(start + chunk_size, total)
         frames = to_image_batch(driving[start:stop], "driving")  # one chunk of float copies at a time
-        crops = _crops((height, width), _driver_landmarks(frames, start, driving_landmarks, detector, smoother, on_no_face), size)
+        crops = _crops((height, width), _driver_landmarks(frames, start, driving_landmarks, tracker, smoother, on_no_face), size)
         valid = np.flatnonzero(crops.valid)
         faces = torch.zeros(len(crops), size, size, 3)
         if len(valid):
