@@ -196,19 +196,18 @@ def landmark_error(predictor, dlib, image: np.ndarray, box: np.ndarray, truth: n
 
 
 def time_per_frame(runs: dict[str, Callable], frames: list[np.ndarray], repeats: int) -> dict[str, float]:
-    """Median over 512 px frames of the best of `repeats` runs (the machine may be shared), in ms."""
-    out = {}
-    for name, run in runs.items():
-        per_frame = []
-        for frame in frames:
-            best = float("inf")
-            for _ in range(1 if name == "mmod" else repeats):
+    """Median over 512 px frames of the best of `repeats` runs, in ms. The detectors take turns on each
+    frame, so a shared machine's changing load falls on all of them alike."""
+    best = {name: [float("inf")] * len(frames) for name in runs}
+    for i, frame in enumerate(frames):
+        for repeat in range(repeats):
+            for name, run in runs.items():
+                if name == "mmod" and repeat:  # seconds a frame: once is enough
+                    continue
                 start = time.perf_counter()
                 run(frame)
-                best = min(best, time.perf_counter() - start)
-            per_frame.append(best * 1000)
-        out[name] = float(np.median(per_frame))
-    return out
+                best[name][i] = min(best[name][i], (time.perf_counter() - start) * 1000)
+    return {name: float(np.median(times)) for name, times in best.items()}
 
 
 def to_512(image: np.ndarray) -> np.ndarray:
@@ -228,7 +227,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/face_detectors"))
     parser.add_argument("--detectors", nargs="+", default=["hog", "mtcnn", "yuface", "mmod"])
     parser.add_argument("--limit", type=int, default=500, help="images per LFW / UTKFace folder (test split, evenly spread)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = detectors(args.detectors)
