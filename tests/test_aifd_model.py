@@ -248,7 +248,8 @@ def test_channels_last_and_bf16_paths_agree_with_plain_fp32():
         bf16 = identity_embedding(encoder, faces, UNIT, dtype=torch.bfloat16)
         age32, _ = encoder.estimate_age(faces * 2 - 1)
         age16, _ = encoder.estimate_age(faces * 2 - 1, dtype=torch.bfloat16)
-    assert fp32.dtype == bf16.dtype == torch.float32
+        cast = identity_embedding(encoder.to(torch.bfloat16), faces, UNIT)  # bf16 weights, no autocast
+    assert fp32.dtype == bf16.dtype == cast.dtype == torch.float32
     assert (fp32 - reference).abs().max() < 1e-5
-    assert (fp32 * bf16).sum(1).min() > 0.99  # cosine of the bf16 and fp32 embeddings
+    assert (fp32 * bf16).sum(1).min() > 0.99 and (fp32 * cast).sum(1).min() > 0.99  # cosines with fp32
     assert (age32 - age16).abs().max() < 1.0

@@ -79,18 +79,22 @@ class AIFDEncoder(IRBackbone):
         # The age MLP's hidden width is the embedding width (512 in MTLFace for both).
         self.age_estimator = AgeHead(channels, spatial, embedding_dim, num_age_classes, num_age_groups)
         self.init_weights()
-        # oneDNN's convolutions run about 1.5x faster on this CPU with channels_last weights and maps
-        # (docs/results/speed_official_cpu.md); loading a state_dict copies into this layout.
+        # oneDNN's convolutions skip a reorder per call with channels_last weights and maps (faster here:
+        # docs/results/speed_official_cpu.md); loading a state_dict copies into this layout.
         self.to(memory_format=torch.channels_last)
 
     def decompose(self, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Faces [B, 3, S, S] in [-1, 1] -> (x_id, x_age) maps."""
+        """Faces [B, 3, S, S] in [-1, 1] -> (x_id, x_age) maps, in the weights' dtype.
+
+        An encoder cast with `.to(torch.bfloat16)` runs wholly in bf16 whatever the faces' dtype: the
+        fastest bf16 path here, as autocast re-casts every weight on every call (docs/results/speed_official_cpu.md).
+        """
         if faces.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(
                 f"the identity encoder takes {self.input_size}x{self.input_size} faces, got {tuple(faces.shape[-2:])}; "
                 "resize with aifd.similarity.encoder_input first."
             )
-        return self.fsm(self.features(faces))
+        return self.fsm(self.features(faces.to(self.input_layer[0].weight.dtype)))
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         """Faces [B, 3, S, S] in [-1, 1] -> L2-normalised identity embeddings [B, embedding_dim]."""
@@ -102,7 +106,7 @@ class AIFDEncoder(IRBackbone):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Faces -> (expected age in years [B], age-group logits [B, num_age_groups]), at `dtype` (bf16
         under autocast). With `flip_average`, both are the mean of the face's and its mirror image's, as
-        MTLFace's `encode` computes them (the single view differs by up to a year)."""
+        MTLFace's `encode` computes them (a single view can be most of a year off)."""
         views = torch.cat([faces, faces.flip(3)]) if flip_average else faces
         with autocast(faces.device, dtype):
             _, x_age = self.decompose(views)
