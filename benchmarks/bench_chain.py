@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=ORDERS)
     parser.add_argument("--detect-every", type=int, nargs="+", default=[1, 10], help="1: detect every driving frame; N: track between detections")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
@@ -125,7 +126,7 @@ def main() -> None:
         config, origin = bundled_config(family)
         print(f"{family}: {config} ({origin})")
     print(f"\n{'order':>17} {'precision':>9} {'detect every':>12} {'s/frame':>8} {'frames/s':>8} {'CPU s/frame':>11}")
-    for order in ORDERS:
+    for order in args.orders:
         for precision in args.precisions:
             for every in args.detect_every:
                 wall, cpu = seconds_per_frame(order, precision, device, args.frames, args.chunk, every)

@@ -77,8 +77,9 @@ def test_300_frame_driver_keeps_memory_flat_and_shows_progress(pack, nodes, node
         working[frames] = peak - outputs
         assert calls == [(min(stop, frames), frames) for stop in range(16, frames + 16, 16)]  # per chunk, to the end
         assert len(detections) == 1 + frames // 10  # the source, then the driver's keyframes: tracked in between
-    # Outputs grow by 270 frames (~70 MiB at 128 px); the work besides them by less than a chunk's frames.
-    assert working[300] - working[30] < 8, working
+    # The outputs grow by 67-80 MiB over 270 more frames; the work besides them stays within the allocator's
+    # warm-up over the first chunks (+5-16 MiB measured). Keeping any frame-sized tensor per frame adds 50+.
+    assert working[300] - working[30] < 24, working
 
 
 def test_smoothing_lowers_jitter_and_follows_motion(calm, detected, detector):
