@@ -55,9 +55,12 @@ def convert(converter: str, folder: Path, files: dict[str, object]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("families", nargs="*", metavar="FAMILY", help=f"any of {', '.join(FAMILIES)} (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    args.families = args.families or FAMILIES
+    if set(args.families) - set(FAMILIES):
+        parser.error(f"families are {', '.join(FAMILIES)}")
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
     print(f"{args.threads} thread(s); load average {os.getloadavg()[0]:.2f}")
