@@ -62,9 +62,10 @@ def main() -> None:
     if set(args.families) - set(FAMILIES):
         parser.error(f"families are {', '.join(FAMILIES)}")
     torch.set_num_threads(args.threads)
-    folder = Path(tempfile.mkdtemp())
     print(f"{args.threads} thread(s); load average {os.getloadavg()[0]:.2f}")
-    with torch.no_grad():
+    # The official-layout and converted files (AgeTransGAN's at 1024 px: over 200 MB each) go when the run ends.
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        folder = Path(tmp)
         if "mtlface" in args.families:
             encoder = load_encoder(convert("mtlface_tpami", folder, {"mtlface_checkpoints.tar": official_tpami_state_dict()}))
             faces = torch.rand(1, 3, 112, 112)
