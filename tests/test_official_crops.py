@@ -80,7 +80,7 @@ def test_other_sources_keep_their_points_and_rules_are_named(einstein):
 
 def test_crop_matches_cv2_warp_of_the_padded_frame_up_to_resampling(einstein):
     """The official pixels: cv2.warpAffine (bilinear) of the 200 px padded frame with the official matrix."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="cv2 (opencv-python-headless, requirements-dev.txt) makes the reference warp")
     image, labels = einstein
     record = crops_from_points(tuple(image.shape[1:3]), 1, [0], [labels], [five_points_from_68(labels)], "agetransgan", 1024)
     official, _ = agetransgan_official(labels, 1024)
