@@ -93,7 +93,7 @@ def test_every_format_and_mode_reads_as_rgb(tmp_path):
 
 
 def test_huge_frame_is_detected_on_a_downscaled_copy(astronaut):
-    # 10000x10000: detection runs at detect_max_side; landmarks and crop at full resolution.
+    # 10000x10000: detection and landmarks run on a copy scaled to detect_max_side (face.crop.detect_faces); the crop at full resolution.
     big = torch.nn.functional.interpolate(astronaut.permute(0, 3, 1, 2), size=(10000, 10000), mode="nearest").permute(0, 2, 3, 1)
     face_crop = detect_crops(big, FaceDetector(upsample=0, detect_max_side=512), "arcface", 112)
     small = detect_crops(astronaut, FaceDetector(upsample=0), "arcface", 112)
