@@ -157,6 +157,10 @@ def test_cross_age_pairs_are_years_apart_and_balanced():
     assert (people[a][~same] != people[b][~same]).all() and len(set(zip(a[~same], b[~same]))) == 3
     with pytest.raises(ValueError, match="years apart"):
         cross_age_pairs(items, min_gap=50)
+    # One person at five ages 10 years apart (10 same-person pairs) and one other photo: only 5 different-person pairs exist.
+    lopsided = [IdentityImage(Path(f"a{k}.jpg"), "a", "test", 10 * k) for k in range(5)] + [IdentityImage(Path("b.jpg"), "b", "test", 30)]
+    a, b, same = cross_age_pairs(lopsided, min_gap=10)
+    assert same.sum() == 10 and sorted(zip(a[~same], b[~same])) == [(k, 5) for k in range(5)]
 
 
 def test_verification_across_ages_on_test_people(tiny_fgnet, encoder, tmp_path, capsys):

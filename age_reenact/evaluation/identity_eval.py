@@ -191,7 +191,8 @@ def _pair_scorers(aligned: AlignedSet, embedding: np.ndarray) -> dict[str, Calla
 
 
 def cross_age_pairs(items: Sequence[IdentityImage], min_gap: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every same-person pair at least `min_gap` years apart, and as many random different-person pairs (rows of `items`)."""
+    """Every same-person pair at least `min_gap` years apart, and as many random different-person pairs (rows of `items`;
+    all of them where the folder has fewer, e.g. one person photographed often and few others)."""
     a, b = [], []
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
@@ -199,9 +200,11 @@ def cross_age_pairs(items: Sequence[IdentityImage], min_gap: float, seed: int = 
                 a.append(i), b.append(j)
     if not a or len({i.person for i in items}) < 2:
         raise ValueError(f"cross-age pairs need a person photographed {min_gap:g}+ years apart and two different people.")
+    counts = np.unique([i.person for i in items], return_counts=True)[1]
+    possible = (len(items) ** 2 - int((counts**2).sum())) // 2  # pairs of different people there are
     rng = np.random.default_rng(seed)
     different: set[tuple[int, int]] = set()
-    while len(different) < len(a):
+    while len(different) < min(len(a), possible):
         i, j = sorted(rng.choice(len(items), 2, replace=False))
         if items[i].person != items[j].person:
             different.add((int(i), int(j)))
