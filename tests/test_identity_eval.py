@@ -75,7 +75,7 @@ def test_identical_images_give_distance_zero_and_flipped_copies_verify(tiny_lfw,
     assert np.linalg.norm(aligned.dlib[0] - aligned.dlib[1]) == 0.0 and torch.equal(aligned.crops[0], aligned.crops[1])
 
     results = verify_on_lfw(encoder, tiny_lfw, train_pair_count=20)
-    assert results["pairs_test"] == 4 and results["hog_missed"] == 0
+    assert results["pairs_test"] == 4 and results["detector_missed"] == 0
     assert results["dlib"]["test_accuracy"] == 1.0 and results["dlib"]["test_accuracy_at_0.6"] == 1.0
     assert 0.0 < results["dlib"]["threshold"] < 2.0  # reported as a distance
     strict = results["ours"]["far_1pct"]
@@ -168,7 +168,7 @@ def test_verification_across_ages_on_test_people(tiny_fgnet, encoder, tmp_path, 
 
     results = verify_across_ages(encoder, tiny_fgnet, min_gap=10)
     assert results["test_people"] == 2 and results["test_same_pairs"] == results["test_different_pairs"] == 2
-    assert results["hog_missed"] == 0 and results["unusable"] == 0
+    assert results["detector_missed"] == 0 and results["unusable"] == 0
     # A face and its mirror image are the same person to dlib, and Albert is not Eileen.
     assert results["dlib"]["test_accuracy"] == 1.0 and results["dlib"]["true_accept_at_0.6"] == 1.0
     assert all(0.0 <= results[m][k] <= 1.0 for m in ("ours", "dlib") for k in ("test_accuracy", "true_accept_at_1pct_false_accept"))

@@ -10,6 +10,10 @@ This follows modules/imgproc/src/drawing.cpp:
 Integer arithmetic is kept exactly: C division truncates towards zero, shifts floor, and `cvRound` rounds
 half to even (as Python's `round` does).
 
+Derived from OpenCV (https://github.com/opencv/opencv, modules/imgproc/src/drawing.cpp), licensed under the
+Apache License 2.0 (Copyright (C) 2000-2022, Intel Corporation, OpenCV Foundation and contributors); modified:
+translated from C++ to Python, reduced to 8-connected lines of integer end points on uint8 images.
+
 It is the rule of OpenCV 4.7, which the official demo's environment pins. Later releases (4.14 and 5.0 were
 checked) first clip a thick segment to the image grown by `thickness` on every side, which moves its
 pixels only when an end point lies further than that outside the image.
