@@ -1,4 +1,6 @@
 """The default face detector (MTCNN): the bundled samples, the confidence floor, and its weights file."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,14 @@ def test_hog_stays_available(astronaut):
     assert len(faces) >= 1
     with pytest.raises(ValueError, match="detector must be one of"):
         FaceDetector(detector="yolo")
+
+
+def test_loading_the_detector_leaves_the_random_stream_alone(tmp_path):
+    # Training runs that build their face cache must continue exactly like runs that load it.
+    path = tmp_path / "mtcnn.safetensors"
+    shutil.copy(detect.MTCNN_WEIGHTS, path)  # a new path: not the cached model
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_mtcnn(path)
+    assert torch.equal(torch.rand(3), expected)

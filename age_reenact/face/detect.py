@@ -73,6 +73,8 @@ def dlib_model_path(kind: str) -> Path:
 @lru_cache(maxsize=None)
 def load_mtcnn(path: Path = MTCNN_WEIGHTS):
     """The bundled MTCNN detector (eval mode); a missing file is named with its folder."""
+    import torch
+
     from ..weights import build_model, read_weights
     from .mtcnn import MTCNN  # registers the architecture
 
@@ -81,7 +83,10 @@ def load_mtcnn(path: Path = MTCNN_WEIGHTS):
             f"the MTCNN face detector {Path(path).name} is missing from {Path(path).parent}; it ships with the pack "
             "(restore it from the repository, or rebuild it with tools/convert_mtcnn.py)."
         )
-    return build_model(read_weights(path, MTCNN.architecture))
+    # Building draws random initial weights first: leave the caller's random stream as it was, so a training
+    # run that detects faces (building its face cache) continues exactly like one that loads the cache.
+    with torch.random.fork_rng():
+        return build_model(read_weights(path, MTCNN.architecture))
 
 
 def mtcnn_boxes(model, frame: np.ndarray, min_face: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
