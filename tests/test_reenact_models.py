@@ -168,7 +168,7 @@ def test_converter_reads_config_from_shapes_lists_left_out_networks_and_needs_bo
 )
 def test_dual_generator_refusals_name_the_key_and_the_files(tmp_path, edit, expected):
     _small_official_files(tmp_path)
-    rfg, idsg = torch.load(tmp_path / "rfg.ckpt"), torch.load(tmp_path / "idsg.ckpt")
+    rfg, idsg = (torch.load(tmp_path / name, weights_only=True) for name in ("rfg.ckpt", "idsg.ckpt"))
     edit(rfg, idsg)
     torch.save(rfg, tmp_path / "rfg.ckpt")
     torch.save(idsg, tmp_path / "idsg.ckpt")
