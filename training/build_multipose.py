@@ -70,14 +70,14 @@ def read_manifest(path: Path) -> set[str]:
 
 def dlib_landmarks() -> LandmarksFn:
     """Landmarks of the largest face, from the pack's dlib detector (68-point predictor)."""
-    from age_reenact.face.detect import FaceDetector
+    from age_reenact.face.detect import FaceDetector, largest
     from age_reenact.images import to_uint8
 
     detector = FaceDetector(upsample=1, landmarks="68")
 
     def landmarks(image: torch.Tensor):
-        faces = detector.detect(to_uint8(image[0]))
-        return max(faces, key=lambda f: f.area).landmarks if faces else None
+        face = largest(detector.detect(to_uint8(image[0])))
+        return None if face is None else face.landmarks
 
     return landmarks
 

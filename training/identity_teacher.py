@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from age_reenact.evaluation.dlib_identity import dlib_embedding
-from age_reenact.face.detect import FaceDetector
+from age_reenact.face.detect import FaceDetector, largest
 from age_reenact.images import ImageInputError, load_image, to_uint8
 from age_reenact.labels import lfw_items, read_labels
 
@@ -57,8 +57,8 @@ def teacher_embeddings(paths: Sequence[Path], cache_dir: str | Path, save_every:
         for count, image_path in enumerate(tqdm(todo, desc="dlib teacher embeddings", dynamic_ncols=True), 1):
             try:
                 image = to_uint8(load_image(image_path)[0])
-                faces = detector.detect(image)
-                known[image_path] = dlib_embedding(image, max(faces, key=lambda f: f.area)) if faces else np.full(128, np.nan, np.float32)
+                face = largest(detector.detect(image))
+                known[image_path] = np.full(128, np.nan, np.float32) if face is None else dlib_embedding(image, face)
             except ImageInputError:
                 known[image_path] = np.full(128, np.nan, np.float32)
             if count % save_every == 0 or count == len(todo):

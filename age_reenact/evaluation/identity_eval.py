@@ -32,7 +32,7 @@ from torch import nn
 from ..aifd.encoder import AIFDEncoder
 from ..aifd.similarity import UNIT, encoder_input, identity_embedding
 from ..face.crop import crops_from_points, extract_crops
-from ..face.detect import Face, FaceDetector, five_points_from_68
+from ..face.detect import Face, FaceDetector, five_points_from_68, largest
 from ..images import ImageInputError, load_image, to_uint8
 from ..labels import IdentityImage, fgnet_items, lfw_items, lfw_pairs, read_labels
 from .dlib_identity import SAME_PERSON_DISTANCE, dlib_embedding
@@ -56,7 +56,7 @@ def align_faces(paths: Sequence[Path], size: int = 112, with_dlib: bool = False,
         try:
             image = to_uint8(load_image(path)[0])
             faces = detector.detect(image)
-            found.append((image.shape[:2], max(faces, key=lambda f: f.area) if faces else None))
+            found.append((image.shape[:2], largest(faces)))
         except ImageInputError:
             found.append(None)
         if progress is not None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..images import to_image_batch, to_uint8
 from .align import antialias_factor, fit_to_convention, invert_affine, transform_points, warp_affine
-from .detect import Face, FaceDetector
+from .detect import Face, FaceDetector, largest
 from .templates import get_convention
 
 FACE_CHOICES = ("largest", "index", "all")
@@ -72,7 +72,7 @@ def choose_faces(faces: list[Face], choice: str, index: int, frame: int) -> list
     if choice == "all" or not faces:
         return faces
     if choice == "largest":
-        return [max(faces, key=lambda f: f.area)]
+        return [largest(faces)]
     if not 0 <= index < len(faces):
         raise NoFaceError(f"frame {frame}: face index {index} asked for, but {len(faces)} face(s) found (0 = leftmost).")
     return [faces[index]]

@@ -15,6 +15,7 @@ import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -143,6 +144,11 @@ class Face:
     @property
     def inter_ocular(self) -> float:
         return float(np.linalg.norm(self.points5[1] - self.points5[0]))
+
+
+def largest(faces: Sequence[Face]) -> Face | None:
+    """The most prominent face: the largest box (faces are already above the detector's confidence floor); None for none."""
+    return max(faces, key=lambda f: f.area) if faces else None
 
 
 def five_points_from_dlib5(points: np.ndarray) -> np.ndarray:

@@ -105,7 +105,12 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - side / 2, centre + side / 2], axis=1)
 
 
-def _crops(image: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
+def network_input(frame: np.ndarray) -> torch.Tensor:
+    """A uint8 RGB frame [H, W, 3] -> [1, 3, H, W] in MTCNN's (x - 127.5) / 128 scale (a copy: frames may be read-only)."""
+    return (torch.tensor(frame).permute(2, 0, 1)[None].float() - 127.5) / 128.0
+
+
+def crop_windows(image: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
     """Each box cut out of image [1, 3, H, W] (zero outside the frame) and area-resized to size x size."""
     _, _, h, w = image.shape
     out = []
@@ -156,10 +161,10 @@ class MTCNN(nn.Module):
 
         min_face: the smallest face side searched for, in pixels (the pyramid starts at 12 / min_face).
         """
-        image = (torch.tensor(frame).permute(2, 0, 1)[None].float() - 127.5) / 128.0  # a copy: frames may be read-only
+        image = network_input(frame)
         boxes = self._propose(image, min_face)
         if len(boxes):
-            offsets, scores = self.rnet(_crops(image, boxes, 24))
+            offsets, scores = self.rnet(crop_windows(image, boxes, 24))
             keep = (scores >= self.thresholds[1]).numpy()
             boxes = np.concatenate([boxes[keep, :4], scores[keep, None].double().numpy()], axis=1)
             offsets = offsets[keep].double().numpy()
@@ -167,7 +172,7 @@ class MTCNN(nn.Module):
             boxes = np.concatenate([_square(_apply_offsets(boxes[pick], offsets[pick])), boxes[pick, 4:5]], axis=1)
         if not len(boxes):
             return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
-        offsets, points, scores = (t.double().numpy() for t in self.onet(_crops(image, boxes, 48)))
+        offsets, points, scores = (t.double().numpy() for t in self.onet(crop_windows(image, boxes, 48)))
         keep = scores >= self.thresholds[2]
         boxes, offsets, points, scores = boxes[keep], offsets[keep], points[keep], scores[keep]
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1

@@ -13,14 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .detect import Face, FaceDetector, load_mtcnn
-from .mtcnn import _crops
-
-
-def largest_face(detector: FaceDetector, image: np.ndarray) -> Face | None:
-    """The largest face of a uint8 RGB frame, or None."""
-    faces = detector.detect(image)
-    return max(faces, key=lambda f: f.area) if faces else None
+from .detect import FaceDetector, largest, load_mtcnn
+from .mtcnn import crop_windows, network_input
 
 
 def _centre_and_scale(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
@@ -40,9 +34,8 @@ def face_score(image: np.ndarray, landmarks: np.ndarray) -> float:
     x1, y1 = int(min(np.ceil(box[2]) + 1, w)), int(min(np.ceil(box[3]) + 1, h))
     if x1 <= x0 or y1 <= y0:
         return 0.0
-    # Only the box's region is converted; MTCNN's own input scaling.
-    region = (torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)[None].float() - 127.5) / 128.0
-    return float(load_mtcnn().onet(_crops(region, box[None] - [x0, y0, x0, y0], 48))[2])
+    region = network_input(image[y0:y1, x0:x1])  # only the box's region is converted
+    return float(load_mtcnn().onet(crop_windows(region, box[None] - [x0, y0, x0, y0], 48))[2])
 
 
 class LandmarkTracker:
@@ -70,7 +63,7 @@ class LandmarkTracker:
 
     def _detect(self, image: np.ndarray) -> np.ndarray | None:
         self.detections += 1
-        face = largest_face(self.detector, image)
+        face = largest(self.detector.detect(image))
         if face is None:
             self.reset()
             return None

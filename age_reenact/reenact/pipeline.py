@@ -24,10 +24,10 @@ import torch
 
 from ..devices import resolve_device, resolve_dtype
 from ..face.crop import FaceCrops, NoFaceError, crops_from_points, extract_crops
-from ..face.detect import FaceDetector
+from ..face.detect import FaceDetector, largest
 from ..face.paste import COLOR_MATCH, crop_masks, paste_crops
 from ..face.templates import five_points_from_68
-from ..face.track import LandmarkTracker, largest_face
+from ..face.track import LandmarkTracker
 from ..images import to_image_batch, to_uint8
 from ..weights import WeightsError, build_model, read_weights
 from .model import DualGeneratorReenactor
@@ -121,7 +121,7 @@ class ReenactResult:
 
 
 def _largest_face_landmarks(detector: FaceDetector, image: torch.Tensor) -> np.ndarray | None:
-    face = largest_face(detector, to_uint8(image))
+    face = largest(detector.detect(to_uint8(image)))
     return None if face is None else face.landmarks
 
 
