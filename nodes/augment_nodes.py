@@ -19,7 +19,7 @@ from ..age_reenact.augment.pose3d import DRIVING_MODES, PoseTargets, target_land
 from ..age_reenact.augment.pose_maps import STYLES, draw_pose_maps
 from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.images import to_image_batch
-from .comfy_services import Progress, torch_device
+from .comfy_services import Progress, torch_device, validation_result
 
 try:  # ComfyUI present
     import comfy.model_management as _model_management
@@ -147,12 +147,7 @@ class AugmenterLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint, controlnet):
-        # In place of ComfyUI's "not in []": which model is missing, where it goes, how to get it.
-        try:
-            _checkpoint_path(checkpoint), _resolve("controlnet", controlnet)
-        except (ValueError, FileNotFoundError) as exc:
-            return str(exc)
-        return True
+        return validation_result(lambda: (_checkpoint_path(checkpoint), _resolve("controlnet", controlnet)))
 
     def load(self, checkpoint, controlnet, precision, device, offload, tokenizer_dir=""):
         import_diffusers()  # a missing install is the first thing to report

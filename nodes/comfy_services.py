@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -73,15 +74,20 @@ def model_input(family: str, what: str) -> tuple:
     return (list_models(family), {"tooltip": f"{what} in models/{family}/ or the pack's weights/{family}/. {model_paths.how_to_get(family)}"})
 
 
-def check_model(family: str, name: str) -> bool | str:
-    """VALIDATE_INPUTS for a model_name: True, or the message that says which file is missing and how to get it.
+def validation_result(resolve: Callable[[], object]) -> bool | str:
+    """VALIDATE_INPUTS from a resolver: True, or the message of its error (which file is missing, how to get it).
 
     ComfyUI shows this in its validation error before the workflow runs, in place of "not in []"."""
     try:
-        resolve_model(family, name)
+        resolve()
     except (ValueError, FileNotFoundError) as exc:
         return str(exc)
     return True
+
+
+def check_model(family: str, name: str) -> bool | str:
+    """VALIDATE_INPUTS for a loader's model_name."""
+    return validation_result(lambda: resolve_model(family, name))
 
 
 def resolve_model(family: str, name: str) -> Path:
