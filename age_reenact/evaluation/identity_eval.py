@@ -89,14 +89,17 @@ def align_faces(paths: Sequence[Path], size: int = 112, with_dlib: bool = False,
 
 
 @torch.no_grad()
-def encoder_outputs(encoder: AIFDEncoder, crops: torch.Tensor, chunk: int = 128) -> dict[str, torch.Tensor]:
-    """Per face: the flip-averaged identity embedding, the pooled identity and age parts, the age head's age."""
+def encoder_outputs(encoder: AIFDEncoder, crops: torch.Tensor, chunk: int = 128, parts: bool = True) -> dict[str, torch.Tensor]:
+    """Per face: the flip-averaged identity embedding and, with `parts` (a third pass of the backbone), the pooled
+    identity and age parts and the age head's age."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {"embedding": [], "identity_part": [], "age_part": [], "age_head": []}
+    out: dict[str, list[torch.Tensor]] = {"embedding": []} | ({"identity_part": [], "age_part": [], "age_head": []} if parts else {})
     for start in range(0, len(crops), chunk):
         faces = crops[start : start + chunk].permute(0, 3, 1, 2).float().div(255).to(device)
         out["embedding"].append(identity_embedding(encoder, faces, UNIT, flip_average=True).cpu())
+        if not parts:
+            continue
         x_id, x_age = encoder.decompose(encoder_input(faces, UNIT, encoder.input_size))
         out["identity_part"].append(x_id.float().mean((2, 3)).cpu())
         out["age_part"].append(x_age.float().mean((2, 3)).cpu())
@@ -148,7 +151,7 @@ def verify_on_lfw(encoder: AIFDEncoder, lfw: Path, train_pair_count: int = 1500,
     paths = list(dict.fromkeys([train[i].path for i in np.concatenate([ta, tb])] + [p for a, b, _ in test for p in (a, b)]))
     row = {p: k for k, p in enumerate(paths)}
     aligned = align_faces(paths, encoder.input_size, with_dlib=True, progress=progress)
-    embedding = encoder_outputs(encoder, aligned.crops)["embedding"].numpy()
+    embedding = encoder_outputs(encoder, aligned.crops, parts=False)["embedding"].numpy()
     pairs = {
         "train": (np.array([row[train[i].path] for i in ta]), np.array([row[train[i].path] for i in tb]), tsame),
         "test": (np.array([row[a] for a, _, _ in test]), np.array([row[b] for _, b, _ in test]), np.array([s for *_, s in test])),
@@ -220,7 +223,7 @@ def verify_across_ages(encoder: AIFDEncoder, fgnet: Path, min_gap: float = 10, s
     paths = [i.path for i in items["train"] + items["test"]]
     offset = {"train": 0, "test": len(items["train"])}
     aligned = align_faces(paths, encoder.input_size, with_dlib=True, progress=progress)
-    scores = _pair_scorers(aligned, encoder_outputs(encoder, aligned.crops)["embedding"].numpy())
+    scores = _pair_scorers(aligned, encoder_outputs(encoder, aligned.crops, parts=False)["embedding"].numpy())
     pairs = {}
     for split, rows in items.items():
         a, b, same = cross_age_pairs(rows, min_gap, seed)
