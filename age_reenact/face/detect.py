@@ -164,7 +164,8 @@ class FaceDetector:
         MTCNN_MIN_FACE[upsample] px (40, 20, 10, 5); HOG upsamples the frame (1 reaches ~40 px faces).
     landmarks: "68" (iBUG predictor, non-commercial) or "5" (public-domain predictor).
     cnn_fallback: run dlib's slow CNN detector when the detector finds nothing.
-    detect_max_side: detection runs on a copy scaled to this many px at most; landmarks use full resolution.
+    detect_max_side: boxes are found on a copy scaled to this many px at most; `detect` places the landmarks at
+        full resolution (`face.crop.detect_faces`, used by the nodes and relabel, places them on the copy too).
     detector: "mtcnn" (default) or "hog" (dlib's, faster and weaker).
     min_score: the confidence floor (default MIN_SCORE[detector]); faces below it are dropped.
     """
