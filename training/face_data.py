@@ -42,7 +42,8 @@ class AlignedFaces:
 
     Images where the detector finds no face take the median alignment of same-size images
     (`age_reenact.face.dataset`); their count is kept in `fallbacks`, and their `landmarks` are NaN.
-    With `landmarks=True` a cache without stored landmarks is rebuilt.
+    With `landmarks=True` a cache without stored landmarks is rebuilt. `detector` ("mtcnn" or "hog") finds the faces
+    and is part of the cache key.
     """
 
     def __init__(
@@ -54,18 +55,20 @@ class AlignedFaces:
         cache_dir: str | Path | None = None,
         upsample: int = 1,
         landmarks: bool = False,
+        detector: str = "mtcnn",
     ):
         self.items = items
         self.convention, self.size = convention, size
         self.canvas = _canvas_size(size, margin)
-        key = hashlib.sha1(json.dumps([convention, size, self.canvas, upsample, [str(i.path) for i in items]]).encode()).hexdigest()[:16]
+        # The detector is in the key: its landmarks place every crop, so caches of two detectors never mix.
+        key = hashlib.sha1(json.dumps([convention, size, self.canvas, upsample, detector, [str(i.path) for i in items]]).encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"faces_{convention}_{size}_{key}.npz" if cache_dir else None
         data = np.load(cache) if cache is not None and cache.is_file() else None
         if data is not None and (not landmarks or "landmarks" in data):
             self.images, self.detected = data["images"], data["detected"]
             self.landmarks = data["landmarks"] if "landmarks" in data else None
         else:
-            self.images, self.detected, self.landmarks = self._build(upsample)
+            self.images, self.detected, self.landmarks = self._build(FaceDetector(upsample=upsample, detector=detector))
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp.npz")
@@ -73,10 +76,10 @@ class AlignedFaces:
                 tmp.replace(cache)
         self.fallbacks = int((~self.detected).sum())
 
-    def _build(self, upsample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _build(self, detector: FaceDetector) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from tqdm import tqdm
 
-        found = detect_dataset_faces([i.path for i in self.items], FaceDetector(upsample=upsample))
+        found = detect_dataset_faces([i.path for i in self.items], detector)
         images = np.zeros((len(self.items), self.canvas, self.canvas, 3), dtype=np.uint8)
         detected = np.zeros(len(self.items), dtype=bool)
         landmarks = np.full((len(self.items), 68, 2), np.nan, dtype=np.float32)
