@@ -31,6 +31,8 @@ def test_metrics_on_known_predictions():
     assert m["per_group"]["70+"]["count"] == 0 and np.isnan(m["per_group"]["70+"]["mae"])
     assert m["group_accuracy"] == pytest.approx(2 / 3)  # 35 read as 45: 40-49, one group off
     assert m["within_one_group"] == 1.0
+    assert m["adults"] == 2 and m["adults_read_as_children"] == 0.0
+    assert age_metrics(np.array([5.0, 30.0]), np.array([40.0, 50.0]))["adults_read_as_children"] == 0.5
     exact = age_metrics(truth, truth)
     assert exact["mae"] == 0.0 and exact["group_accuracy"] == 1.0
     assert "| estimator | 0-2 | 3-6 |" in metrics_table({"exact": exact})
