@@ -337,11 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     headless.set_defaults(run=_headless)
 
     listing = "\n".join(f"  {c.name} {' '.join(i.upper() for i in c.inputs)}: {c.description}" for c in sorted(converters().values(), key=lambda c: c.name))
-    convert = commands.add_parser("convert", help="convert an official checkpoint to safetensors with metadata",
-                                  description="converters and the official files each takes, in order:\n" + listing,
+    convert = commands.add_parser("convert", help="convert an official checkpoint (or reshape a pack file) to safetensors with metadata",
+                                  description="converters and the files each takes, in order:\n" + listing,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     convert.add_argument("converter", help="one of: " + (", ".join(sorted(converters())) or "(none registered yet)"))
-    convert.add_argument("sources", nargs="+", metavar="OFFICIAL_FILE", help="the official file(s), in the order the converter lists")
+    convert.add_argument("sources", nargs="+", metavar="FILE", help="the official file(s) (or pack file), in the order the converter lists")
     convert.add_argument("destination", help="the .safetensors file to write")
     convert.set_defaults(run=_convert)
     return parser

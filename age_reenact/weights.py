@@ -183,20 +183,24 @@ class Converter:
     """Turns official checkpoints into (state_dict, architecture, config, preprocessing[, left_out]).
 
     `inputs` names the files it takes, in order (most converters take one); `convert` gets their
-    contents in that order. `left_out` names what the official files hold but the pack deliberately does
-    not use (optimisers, discriminators, other heads); the command lists it. Keys the converter does not
-    recognise are passed through, so the strict check below refuses them by name.
+    contents, as `load` reads them, in that order: official pickles by default, or this pack's own files
+    (`read_weights`) for a converter that reshapes one of them. `left_out` names what the files hold but
+    the pack deliberately does not use (optimisers, discriminators, other heads); the command lists it.
+    Keys the converter does not recognise are passed through, so the strict check below refuses them by name.
     """
 
     name: str
     description: str
     convert: Callable[..., tuple]
     inputs: tuple[str, ...] = ("checkpoint",)
+    load: Callable[[str | Path], Any] = load_checkpoint
 
 
-def register_converter(name: str, description: str, inputs: tuple[str, ...] = ("checkpoint",)) -> Callable:
+def register_converter(
+    name: str, description: str, inputs: tuple[str, ...] = ("checkpoint",), load: Callable[[str | Path], Any] = load_checkpoint
+) -> Callable:
     def decorate(fn):
-        _CONVERTERS[name] = Converter(name, description, fn, inputs)
+        _CONVERTERS[name] = Converter(name, description, fn, inputs, load)
         return fn
 
     return decorate
@@ -212,12 +216,12 @@ def convert_checkpoint(
     destination: str | Path,
     report: Callable[[str], None] | None = None,
 ) -> Path:
-    """Convert official checkpoint file(s) to a safetensors file with metadata.
+    """Convert official checkpoint file(s), or reshape a pack file, to a safetensors file with metadata.
 
     The converted tensors go through the loaders' own strict check (`build_model`) before anything is
     written, so a missing, unexpected or mis-shaped key is refused now, by name. Every refusal names the
     converter and each file with its role. What the files hold but the pack leaves out goes to `report`
-    (the command prints it) and into the file's provenance.
+    (the command prints it) and into the file's provenance, with the provenance of any pack file converted.
     """
     if name not in _CONVERTERS:
         raise WeightsError(f"unknown converter {name!r}; available: {sorted(_CONVERTERS)}")
@@ -229,12 +233,17 @@ def convert_checkpoint(
         )
     files = ", ".join(f"{role} {Path(s).name}" for role, s in zip(converter.inputs, sources))
     try:
-        state_dict, architecture, config, preprocessing, *rest = converter.convert(*(load_checkpoint(s) for s in sources))
+        contents = [converter.load(s) for s in sources]
+        state_dict, architecture, config, preprocessing, *rest = converter.convert(*contents)
         build_model(Weights(state_dict, architecture, config, preprocessing))
     except WeightsError as exc:
         raise WeightsError(f"{name} ({files}): {exc}") from exc
     left_out = sorted(rest[0]) if rest else []
     if left_out and report:
-        report(f"left out (the official files hold them, the pack does not use them): {', '.join(left_out)}")
+        report(f"left out (the source files hold them, the pack does not use them): {', '.join(left_out)}")
     provenance = {"converted_from": " + ".join(Path(s).name for s in sources), "converter": name, "left_out": left_out}
+    # A pack file's own record (data, steps, command) stays with what is made from it.
+    made_from = {Path(s).name: c.provenance for s, c in zip(sources, contents) if isinstance(c, Weights) and c.provenance}
+    if made_from:
+        provenance["source_provenance"] = made_from
     return save_weights(destination, state_dict, architecture, config, preprocessing, provenance)

@@ -253,3 +253,63 @@ def test_channels_last_and_bf16_paths_agree_with_plain_fp32():
     assert (fp32 - reference).abs().max() < 1e-5
     assert (fp32 * bf16).sum(1).min() > 0.99 and (fp32 * cast).sum(1).min() > 0.99  # cosines with fp32
     assert (age32 - age16).abs().max() < 1.0
+
+
+def _full_and_identity_only(tmp_path):
+    """A tiny trained-layout encoder saved in fp16 as training exports it, and `age-reenact convert aifd_identity` of it."""
+    from age_reenact import cli
+
+    torch.manual_seed(0)
+    config = {**TINY, "input_size": 64, "num_age_classes": 101, "num_age_groups": 7}
+    state = {k: v.half() if v.is_floating_point() else v for k, v in AIFDEncoder(**config).state_dict().items()}
+    full = save_weights(tmp_path / "aifd_encoder.safetensors", state, "aifd_encoder", config, {"size": 64}, {"steps": 7})
+    slim = tmp_path / "identity.safetensors"
+    assert cli.main(["convert", "aifd_identity", str(full), str(slim)]) == 0
+    return full, slim
+
+
+def test_identity_only_file_drops_the_age_head_and_keeps_the_embedding(tmp_path, capsys):
+    full, slim = _full_and_identity_only(tmp_path)
+    assert "age_estimator" in capsys.readouterr().out  # listed as left out
+    source, weights = read_weights(full), read_weights(slim, "aifd_encoder")
+    assert weights.config == {**source.config, "age_head": False} and weights.preprocessing == source.preprocessing
+    assert set(weights.state_dict) == {k for k in source.state_dict if not k.startswith("age_estimator.")}
+    assert all(torch.equal(v, source.state_dict[k]) and v.dtype == torch.float16 for k, v in weights.state_dict.items() if v.is_floating_point())
+    assert weights.provenance["converted_from"] == "aifd_encoder.safetensors"
+    assert weights.provenance["source_provenance"] == {"aifd_encoder.safetensors": {"steps": 7}}
+    assert slim.stat().st_size < full.stat().st_size
+
+    encoder, reference = load_encoder(slim), load_encoder(full)
+    assert not encoder.has_age_head and reference.has_age_head
+    assert not any(k.startswith("age_estimator") for k in encoder.state_dict())
+    faces = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        for flip in (False, True):
+            assert torch.equal(identity_embedding(encoder, faces, UNIT, flip), identity_embedding(reference, faces, UNIT, flip))
+
+
+def test_identity_only_encoder_refuses_ages_naming_the_full_file(tmp_path):
+    full, slim = _full_and_identity_only(tmp_path)
+    encoder = load_encoder(slim)
+    faces = torch.rand(1, 3, 64, 64) * 2 - 1
+    for ask in (lambda: encoder.estimate_age(faces), lambda: encoder.age_estimator(encoder.decompose(faces)[1])):
+        with pytest.raises(WeightsError, match=r"identity\.safetensors has no age head.*\(aifd_encoder\.safetensors\)"):
+            ask()
+    with pytest.raises(WeightsError, match="identity-only already"):
+        convert_checkpoint("aifd_identity", slim, tmp_path / "again.safetensors")
+    with pytest.raises(WeightsError, match="needs 'aifd_encoder'"):
+        convert_checkpoint("aifd_identity", save_weights(tmp_path / "other.safetensors", {}, "age_resnet", {}), tmp_path / "x.safetensors")
+
+
+def test_identity_evaluation_reports_no_age_head_for_an_identity_only_file(tmp_path):
+    from age_reenact.evaluation.identity_eval import encoder_outputs, identity_table, probe_maes
+
+    _, slim = _full_and_identity_only(tmp_path)
+    encoder = load_encoder(slim)  # fp16 tensors load into the fp32 model
+    crops = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8)
+    outputs = encoder_outputs(encoder, crops)
+    assert set(outputs) == {"embedding", "identity_part", "age_part"}
+    ages = torch.linspace(5, 70, 8)
+    maes = probe_maes(outputs, ages, outputs, ages)
+    assert "age_head_mae" not in maes and "embedding_probe_mae" in maes
+    assert "| age part, the encoder's age head | none (identity-only file) |" in identity_table({"decomposition": maes})

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import FIXTURES, ROOT
 from age_reenact.aifd.encoder import load_encoder
-from age_reenact.weights import read_weights
+from age_reenact.weights import convert_checkpoint, read_weights
 
 
 def make_folders(root):
@@ -44,11 +44,15 @@ def make_folders(root):
     return lfw, utk
 
 
-def train(lfw, utk, out, *extra):
+def run_training(lfw, utk, out, *extra) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "training", "aifd", "--lfw", str(lfw), "--utkface", str(utk), "--out", str(out),
                "--preset", "tiny", "--steps", "4", "--batch-size", "8", "--log-every", "1", "--lr", "0.01",
                "--no-distill", "--cache-dir", str(out.parent / "cache"), "--threads", "1", "--eval-every", "1000", *extra]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def train(lfw, utk, out, *extra):
+    result = run_training(lfw, utk, out, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -77,6 +81,11 @@ def test_aifd_fine_tuning_starts_from_an_encoder_file(tmp_path):
     assert after.config == before.config
     assert after.provenance["init"]["file"] == "aifd_encoder.safetensors" and after.provenance["init"]["steps"] == 2
     assert any(not torch.equal(before.state_dict[k], after.state_dict[k]) for k in before.state_dict)
+    # The age loss trains the age head, so an identity-only file is refused before training, naming the full file.
+    identity_only = convert_checkpoint("aifd_identity", base, tmp_path / "identity.safetensors")
+    refused = run_training(lfw, utk, tmp_path / "from_identity", "--init", str(identity_only), "--steps", "2")
+    assert refused.returncode != 0 and "identity.safetensors has no age head" in refused.stderr, refused.stderr[-3000:]
+    assert "(aifd_encoder.safetensors)" in refused.stderr and not (tmp_path / "from_identity" / "metrics.jsonl").exists()
 
 
 def test_age_neutral_teacher_keeps_identity_and_drops_the_age_mean():

@@ -63,7 +63,7 @@ def test_vggface_dag_lists_fc8_and_refuses_unexpected_keys_and_wrong_shapes(tmp_
     torch.save(_vgg_dag(fc_dim=32), tmp_path / "vgg_face_dag.pth")
     reports = []
     out = convert_checkpoint("vggface_dag", tmp_path / "vgg_face_dag.pth", tmp_path / "vgg.safetensors", report=reports.append)
-    assert reports == ["left out (the official files hold them, the pack does not use them): fc8 (the 2622-way face classifier)"]
+    assert reports == ["left out (the source files hold them, the pack does not use them): fc8 (the 2622-way face classifier)"]
     assert read_weights(out).provenance["left_out"] == ["fc8 (the 2622-way face classifier)"]
     for edit, expected in (
         ({"conv6_1.weight": torch.zeros(1)}, r"1 unexpected: conv6_1\.weight"),

@@ -90,6 +90,10 @@ def _run_mtlface(paths: dict[str, Path]) -> None:
             embedding = identity_embedding(encoder, faces, (0.0, 1.0), flip_average=True, dtype=torch.bfloat16)
         assert ((0 <= age) & (age <= 100)).all() and groups.shape == (2, 7)
         assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-4)
+    full, identity_only = load_encoder(paths["mtlface_tpami"]), load_encoder(paths["aifd_identity"])
+    with torch.no_grad():
+        assert torch.equal(identity_embedding(identity_only, faces, (0.0, 1.0)), identity_embedding(full, faces, (0.0, 1.0)))
+    assert not identity_only.has_age_head
 
 
 def _run_estimators(paths: dict[str, Path]) -> None:

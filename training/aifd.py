@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from age_reenact.aifd.encoder import ARCHITECTURE, PREPROCESSING, AIFDEncoder
+from age_reenact.aifd.encoder import ARCHITECTURE, PREPROCESSING, AIFDEncoder, encoder_from
 from age_reenact.aifd.similarity import UNIT, identity_embedding
 from age_reenact.evaluation.identity_eval import best_threshold, encoder_outputs, probe_maes, train_pairs
 from age_reenact.labels import LabelledImage, lfw_items, lfw_pairs, read_labels
-from age_reenact.weights import build_model, read_weights, save_weights
+from age_reenact.weights import WeightsError, read_weights, save_weights
 
 from .age_estimator import age_loss
 from .engine import Context, RunConfig, Task, run, training_command
@@ -193,7 +193,9 @@ class AIFDTask(Task):
             weights = read_weights(args.init, ARCHITECTURE)
             self.arch = {**weights.config, "dropout": self.arch["dropout"]}
             self.init_provenance = {"file": Path(args.init).name, **weights.provenance}
-            self.encoder = build_model(weights)
+            self.encoder = encoder_from(weights)
+            if not self.encoder.has_age_head:  # the age loss trains it: refuse now, not at the first step
+                raise WeightsError(f"--init: {self.encoder.age_estimator.error()}")
         else:
             self.encoder = AIFDEncoder(**self.arch)
         self.heads = TrainingHeads(self.arch["embedding_dim"], max(1, len(classes)), self.arch["widths"][-1], self.arch["num_age_classes"])

@@ -1,6 +1,6 @@
 """AIFD identity encoder E_A (MTLFace's attention-based feature decomposition), the MI loss built on it,
 and face verification. Importing the package registers the "aifd_encoder" architecture and the
-"mtlface_tpami" converter."""
+"mtlface_tpami", "mtlface_cvpr" and "aifd_identity" converters."""
 from . import convert
 from .afd import AFD_VARIANTS, AttentionDecomposition
 from .encoder import ARCHITECTURE, PREPROCESSING, AIFDEncoder, load_encoder

@@ -9,14 +9,20 @@
   DDP-wrapped so keys start with `module.`): the backbone (AIResNet with the CVPR `fsm`) and the
   estimation network (the age head, without the TPAMI `expectation` buffer, which is added).
   `age-reenact convert mtlface_cvpr backbone-36000 estimation_network-36000 weights/aifd/mtlface_cvpr.safetensors`
+- `aifd_identity`: this pack's full AIFD encoder file (a training export or either conversion above) ->
+  the same encoder without its age head (config `"age_head": false`), for shipping what the identity
+  embedding needs: the age head's first linear reads the whole flattened maps (3.2 M of IR-small's 8.9 M
+  parameters). Tensors, dtype and preprocessing are kept; the source's provenance is kept beside the conversion's.
+  `age-reenact convert aifd_identity runs/aifd/aifd_encoder.safetensors weights/aifd/agereenact_aifd_lfw.safetensors`
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import torch
 
-from ..weights import WeightsError, load_state_dict_strict, register_converter
+from ..weights import Weights, WeightsError, load_state_dict_strict, read_weights, register_converter
 from .backbone import STAGES
 from .encoder import ARCHITECTURE, PREPROCESSING, AIFDEncoder
 
@@ -104,3 +110,17 @@ def convert_mtlface_cvpr(backbone: Any, estimation_network: Any) -> tuple[dict[s
     load_state_dict_strict(model.age_estimator, {k.removeprefix("age_estimator."): v for k, v in head.items()}, source="the estimation_network file")
     load_state_dict_strict(model, state, source="the backbone file")
     return state, ARCHITECTURE, config, PREPROCESSING
+
+
+@register_converter(
+    "aifd_identity",
+    "this pack's AIFD encoder file -> the same without its age head (identity embeddings only; a smaller file)",
+    inputs=("encoder",),
+    load=partial(read_weights, architecture=ARCHITECTURE),
+)
+def convert_aifd_identity(encoder: Weights) -> tuple[dict[str, torch.Tensor], str, dict, dict, list[str]]:
+    if not encoder.config.get("age_head", True):
+        raise WeightsError("the encoder file is identity-only already (config age_head: false); give the full file.")
+    state = {k: v for k, v in encoder.state_dict.items() if not k.startswith("age_estimator.")}
+    config = {**encoder.config, "age_head": False}
+    return state, ARCHITECTURE, config, encoder.preprocessing, ["age_estimator (the age head; ages need the full file)"]

@@ -10,8 +10,8 @@ same-size images (LFW and UTKFace are pre-centred chips), for both models alike.
 Decomposition (the paper's eq. 1), on a UTKFace-style folder: how well age can be read from the identity
 part, the identity embedding, and the age part. Each is probed by the same small network (the shape of
 the training's adversary) fitted on the `train` split and measured on the `test` split (MAE in years).
-The encoder's own age head on the age part is reported beside them, and dlib's embedding is probed the
-same way as the reference (an identity network trained with no care for age).
+The encoder's own age head on the age part is reported beside them (an identity-only file has none), and
+dlib's embedding is probed the same way as the reference (an identity network trained with no care for age).
 
 Across ages, on an FG-NET-style folder (people photographed at many ages, split by person): same-person
 pairs at least `min_gap` years apart against as many different-person pairs, test people only; the
@@ -91,10 +91,11 @@ def align_faces(paths: Sequence[Path], size: int = 112, with_dlib: bool = False,
 @torch.no_grad()
 def encoder_outputs(encoder: AIFDEncoder, crops: torch.Tensor, chunk: int = 128, parts: bool = True) -> dict[str, torch.Tensor]:
     """Per face: the flip-averaged identity embedding and, with `parts` (a third pass of the backbone), the pooled
-    identity and age parts and the age head's age."""
+    identity and age parts and the age head's age (where the file has an age head)."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {"embedding": []} | ({"identity_part": [], "age_part": [], "age_head": []} if parts else {})
+    part_names = ("identity_part", "age_part", "age_head") if encoder.has_age_head else ("identity_part", "age_part")
+    out: dict[str, list[torch.Tensor]] = {"embedding": []} | ({name: [] for name in part_names} if parts else {})
     for start in range(0, len(crops), chunk):
         faces = crops[start : start + chunk].permute(0, 3, 1, 2).float().div(255).to(device)
         out["embedding"].append(identity_embedding(encoder, faces, UNIT, flip_average=True).cpu())
@@ -103,7 +104,8 @@ def encoder_outputs(encoder: AIFDEncoder, crops: torch.Tensor, chunk: int = 128,
         x_id, x_age = encoder.decompose(encoder_input(faces, UNIT, encoder.input_size))
         out["identity_part"].append(x_id.float().mean((2, 3)).cpu())
         out["age_part"].append(x_age.float().mean((2, 3)).cpu())
-        out["age_head"].append(encoder.age_estimator(x_age)[0].float().cpu())
+        if encoder.has_age_head:
+            out["age_head"].append(encoder.age_estimator(x_age)[0].float().cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -307,14 +309,15 @@ def decomposition_probe(encoder: AIFDEncoder, utkface: Path, limit: int | None =
 
 def probe_maes(train: dict[str, torch.Tensor], train_ages: torch.Tensor, test: dict[str, torch.Tensor], test_ages: torch.Tensor) -> dict:
     """From `encoder_outputs` of train and test faces: test MAE of a probe fitted on each part (and on dlib's embedding
-    when given), the age head's, the mean's."""
+    when given), the age head's (when the encoder has one), the mean's."""
     results = {"train_faces": len(train_ages), "test_faces": len(test_ages), "predict_mean_mae": float((test_ages - train_ages.mean()).abs().mean())}
     for part in ("identity_part", "embedding", "age_part", "dlib_embedding"):
         if part not in train:
             continue
         probe = fit_probe(train[part], train_ages)
         results[f"{part}_probe_mae"] = float((probe(test[part]) - test_ages).abs().mean())
-    results["age_head_mae"] = float((test["age_head"] - test_ages).abs().mean())
+    if "age_head" in test:
+        results["age_head_mae"] = float((test["age_head"] - test_ages).abs().mean())
     return results
 
 
@@ -348,7 +351,7 @@ def identity_table(results: dict) -> str:
             f"| identity part (pooled), probe | {d['identity_part_probe_mae']:.2f} |",
             f"| identity embedding, probe | {d['embedding_probe_mae']:.2f} |",
             f"| age part (pooled), probe | {d['age_part_probe_mae']:.2f} |",
-            f"| age part, the encoder's age head | {d['age_head_mae']:.2f} |",
+            f"| age part, the encoder's age head | {d['age_head_mae']:.2f} |" if "age_head_mae" in d else "| age part, the encoder's age head | none (identity-only file) |",
             *([f"| dlib's embedding (reference), probe | {d['dlib_embedding_probe_mae']:.2f} |"] if "dlib_embedding_probe_mae" in d else []),
             f"| nothing (the train mean age) | {d['predict_mean_mae']:.2f} |",
             "",
