@@ -81,3 +81,10 @@ def fgnet_items(root: str | Path, split: str | None = "test") -> list[IdentityIm
     with open(root / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [IdentityImage(root / "images" / r["file"], r["person"], r["split"], float(r["age"])) for r in rows if split is None or r["split"] == split]
+
+
+def utkface_items(root: str | Path, split: str | None = None) -> list[LabelledImage]:
+    """A UTKFace-style folder's labels.csv (file, age, ..., split), its images beside it (utkface-part1) or in
+    images/ (utkface-extra); `split` keeps only rows of that split."""
+    root = Path(root)
+    return read_labels(root / "images" if (root / "images").is_dir() else root, root / "labels.csv", split)

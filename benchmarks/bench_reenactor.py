@@ -2,6 +2,8 @@
 
     python benchmarks/bench_reenactor.py            # speed table + memory table
     python benchmarks/bench_reenactor.py --quick    # fewer frames, for a smoke run
+    python benchmarks/bench_reenactor.py --training --preset small --batch 8 --threads 2 [--no-bf16] [--elastic 0.02]
+        [--aifd-encoder FILE|random] [--perceptual FILE] [--steps 8]   # training images/s, per step
 
 Speed: official-width models (random weights; speed does not depend on the values) at 128 and 256 px,
 fp32 and bf16, on CUDA when present, else the CPU. "generator" is the face generator alone on a batch of
@@ -12,6 +14,14 @@ on a synthetic 512 px driving video with known landmarks, so face detection is t
 Memory: a tiny model on a synthetic 256 px video of N frames, each run in a fresh process. The table gives
 the peak RSS growth during the run, minus the output batches (which must grow with N): flat numbers
 across N mean the working memory does not grow with the video.
+
+Training (--training): the reenactor task's own step (`training/reenactor.py`: crop jitter and sketches,
+face generator and discriminator updates, shape generator and critic updates, EMA) on synthetic faces
+(noise canvases with the fixture portrait's landmarks, jittered; half pairs, half self-reconstruction
+copies), so no data set or face detection is needed. Prints each step's time and images/s after one
+warm-up step, then the mean: lazy R1 runs every 4th step (step 0 included), so a multiple of 4 steps
+gives the long-run rate. `--aifd-encoder random` times the AIFD identity code with a random-weight
+encoder of training/aifd.py's small preset.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +47,10 @@ from age_reenact.face.align import similarity_transform, transform_points, warp_
 from age_reenact.face.templates import five_points_from_68  # noqa: E402
 from age_reenact.images import load_image  # noqa: E402
 from age_reenact.reenact import DualGeneratorReenactor, Reenactor, reenact  # noqa: E402
+
+if TYPE_CHECKING:  # the training modules load only for --training: the video benchmarks import this file
+    from training.face_data import AlignedFaces
+    from training.reenactor import FaceItem
 
 FIXTURES = ROOT / "tests" / "fixtures"
 TINY = {"style_dim": 16, "identity_dim": 8, "identity_source": "aifd", "num_identities": 4, "base_channels": 8, "max_conv_dim": 32}
@@ -168,14 +183,94 @@ def memory_child(frames: int, output: str) -> dict[str, float]:
     return {"frames": frames, "output": output, "peak_growth_mb": growth, "outputs_mb": outputs, "working_mb": growth - outputs}
 
 
+def synthetic_faces(size: int, count: int = 32, seed: int = 0) -> tuple[list[FaceItem], AlignedFaces]:
+    """Face items (count // 2 in pairs of the same person, then copies, 4 val faces) and their faces: noise
+    canvases, the fixture portrait's landmarks fitted into the crop and moved a few px per face."""
+    from training.face_data import AlignedFaces, _canvas_size
+    from training.reenactor import CONVENTION, FaceItem
+
+    rng = np.random.default_rng(seed)
+    canvas = _canvas_size(size, 0.25)
+    _, landmarks = einstein()
+    low, high = landmarks.min(0), landmarks.max(0)
+    shape = (landmarks - low) / (high - low).max() * 0.7 * size + 0.15 * size + (canvas - size) / 2  # the face in the crop's middle
+    points = shape + rng.normal(0, 0.01 * size, (count, 68, 2))
+    images = rng.integers(0, 256, (count, canvas, canvas, 3), dtype=np.uint8)
+    pairs = count // 2
+    items = [FaceItem(Path(f"face_{i}"), i // 2 if i < pairs else -1, "val" if i >= count - 4 else "train", "synthetic") for i in range(count)]
+    return items, AlignedFaces.from_arrays(items, CONVENTION, size, images, points)
+
+
+def training_speed(args: argparse.Namespace) -> None:
+    """Print the time and images/s of each training step of the reenactor task on synthetic faces."""
+    import tempfile
+
+    from training.__main__ import build_parser
+    from training.engine import Context, RunConfig
+    from training.reenactor import PRESETS, ReenactorTask
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    size = PRESETS[args.preset]["size"]
+    items, faces = synthetic_faces(size)
+
+    class SyntheticTask(ReenactorTask):
+        def _setup_data(self, ctx: Context) -> None:
+            self.index_faces(items, faces)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        aifd = args.aifd_encoder
+        if aifd == "random":
+            from age_reenact.aifd.encoder import PREPROCESSING as AIFD_PREPROCESSING
+            from age_reenact.aifd.encoder import AIFDEncoder
+            from age_reenact.weights import save_weights
+            from training.aifd import PRESETS as AIFD_PRESETS
+
+            config = {**AIFD_PRESETS["small"], "afd_variant": "tpami"}
+            aifd = str(save_weights(Path(tmp) / "aifd.safetensors", AIFDEncoder(**config).state_dict(), "aifd_encoder", config, AIFD_PREPROCESSING))
+        argv = ["reenactor", "--lfw", "synthetic", "--out", tmp, "--preset", args.preset, "--elastic", str(args.elastic), "--sample-every", "0"]
+        argv += ["--aifd-encoder", aifd] if aifd else []
+        argv += ["--perceptual", args.perceptual] if args.perceptual else []
+        ctx = Context(RunConfig(out_dir=tmp, steps=args.steps + 1, batch_size=args.batch, bf16=args.bf16))
+        task = SyntheticTask(build_parser().parse_args(argv))
+        task.setup(ctx)
+        print(f"# reenactor training step: preset {args.preset}, {size} px, batch {args.batch}, {'bf16' if args.bf16 else 'fp32'}, "
+              f"{args.threads} threads, elastic {args.elastic:g}, identity {task.config['identity_source']}, perceptual {task.perceptual.name}; "
+              f"{describe_device(ctx.device)}")
+        times = []
+        for step in range(args.steps + 1):
+            ctx.step = step
+            _sync(ctx.device)
+            start = time.perf_counter()
+            task.train_step(ctx)
+            _sync(ctx.device)
+            seconds = time.perf_counter() - start
+            label = f"step {step}{' (warm-up)' if step == 0 else ''}{' R1' if task._r1_due(ctx) else ''}"
+            print(f"{label}: {1000 * seconds:.0f} ms, {args.batch / seconds:.2f} images/s", flush=True)
+            times += [seconds] if step else []
+        print(f"mean over {len(times)} steps: {args.batch * len(times) / sum(times):.2f} images/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", default="paste", help=argparse.SUPPRESS)
+    parser.add_argument("--training", action="store_true", help="time training steps instead (the options below)")
+    parser.add_argument("--preset", default="small", help="training: model preset (training/reenactor.py PRESETS)")
+    parser.add_argument("--batch", type=int, default=8, help="training: batch size")
+    parser.add_argument("--steps", type=int, default=8, help="training: timed steps after one warm-up step")
+    parser.add_argument("--threads", type=int, default=2, help="training: torch threads")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="training: fp32 instead of bf16 autocast")
+    parser.add_argument("--elastic", type=float, default=0.0, help="training: elastic warp amplitude (share of the crop)")
+    parser.add_argument("--aifd-encoder", help="training: AIFD encoder file for the identity code, or 'random' (default: style code)")
+    parser.add_argument("--perceptual", help="training: perceptual network file (default: multi-scale L1 + SSIM)")
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.output)))
+        return
+    if args.training:
+        training_speed(args)
         return
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

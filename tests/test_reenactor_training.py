@@ -17,13 +17,48 @@ from age_reenact.face.crop import detect_crops, extract_crops
 from age_reenact.face.detect import FaceDetector
 from age_reenact.images import to_uint8
 from age_reenact.reenact.pipeline import load_reenactor
+from age_reenact.weights import read_weights
 from training.face_data import FLIP_68, AlignedFaces
 from training.reenactor import reenactor_items
 
 
+def fgnet_folder(root, rows, photo=None):
+    """An FG-NET-style folder: labels.csv (file, person, age, grey, width, height, split), images/ and
+    points/PPPAaa.pts; rows are (person, age, split), images a copy of `photo` (empty files without one)."""
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    labels = ["file,person,age,grey,width,height,split"]
+    for person, age, split in rows:
+        name = f"{person}A{age:02d}"
+        if photo is None:
+            (root / "images" / f"{name}.jpg").touch()
+        else:
+            photo(person, age).save(root / "images" / f"{name}.jpg")
+        shutil.copy(FIXTURES / "einstein.pts", root / "points" / f"{name}.pts")  # unread: FG-NET's own point order
+        labels.append(f"{name}.jpg,{person},{age},0,200,256,{split}")
+    (root / "labels.csv").write_text("\n".join(labels) + "\n")
+
+
+def utkface_folder(root, rows, in_images: bool, photo=None):
+    """A UTKFace-style folder: labels.csv (file, age, gender, race, split), images beside it (utkface-part1)
+    or in images/ (utkface-extra); rows are (age, split)."""
+    images = root / "images" if in_images else root
+    images.mkdir(parents=True)
+    labels = ["file,age,gender,race,split"]
+    for number, (age, split) in enumerate(rows):
+        name = f"{age}_0_0_{number}.jpg.chip.jpg"
+        if photo is None:
+            (images / name).touch()
+        else:
+            photo(number).save(images / name, format="JPEG")
+        labels.append(f"{name},{age},0,0,{split}")
+    (root / "labels.csv").write_text("\n".join(labels) + "\n")
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    """An LFW-style folder (two train people with three photos each) and a UTKFace-style folder."""
+    """An LFW-style folder (two train people with three photos each), a UTKFace-style folder, and for the
+    run with every source a utkface-extra-style folder and an FG-NET-style folder (two train people)."""
     root = tmp_path_factory.mktemp("reenact_data")
     photos = {"Albert_Einstein": Image.open(FIXTURES / "einstein.jpg").convert("RGB"), "Eileen_Collins": Image.open(FIXTURES / "astronaut.png").convert("RGB")}
     people = ["person,images,split"]
@@ -40,6 +75,10 @@ def tiny_data(tmp_path_factory):
         photos[name].save(root / "utk" / f"{30 + number}_0_0_{number}.jpg")
         labels.append(f"{30 + number}_0_0_{number}.jpg,{30 + number},0,0,{split}")
     (root / "utk" / "labels.csv").write_text("\n".join(labels) + "\n")
+    faces = list(photos.values())
+    utkface_folder(root / "utk_extra", [(40, "train"), (41, "train"), (42, "val"), (43, "test")], True, lambda n: faces[n % 2])
+    fgnet_rows = [("001", 20, "train"), ("001", 35, "train"), ("002", 30, "train"), ("002", 41, "train"), ("003", 25, "test")]
+    fgnet_folder(root / "fgnet", fgnet_rows, lambda person, age: faces[int(person) % 2] if age < 35 else ImageOps.mirror(faces[int(person) % 2]))
     return root
 
 
@@ -91,7 +130,7 @@ def test_ddp_two_processes_train_and_export(tiny_data, straight_run, tmp_path):
 
 
 def test_face_cache_landmarks_follow_the_flip_and_old_caches_load(tiny_data, straight_run, tmp_path):
-    items = reenactor_items(tiny_data / "lfw", tiny_data / "utk")
+    items = reenactor_items(tiny_data / "lfw", [tiny_data / "utk"])
     cache = next((tiny_data / "cache").glob("faces_reenactor_32_*.npz"))  # built by the training run
     shutil.copy(cache, tmp_path / cache.name)
     faces = AlignedFaces(items, "reenactor", 32, cache_dir=tmp_path, landmarks=True)
@@ -228,3 +267,94 @@ def test_evaluate_reenactment_on_any_face_folder(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "reenact_metrics.json").read_text())
     assert metrics["folder my_faces"]["pairs"] == 2 and (out / "reenact_examples.png").is_file()
+
+
+def test_sources_give_train_items_with_their_people_and_no_test_split(tmp_path):
+    """LFW train people, FG-NET train people (pairs across ages), two UTKFace layouts; val from the first UTKFace folder only."""
+    lfw = tmp_path / "lfw"
+    people = {"Ann_Able": ("train", 2), "Bob_Bold": ("train", 1), "Cid_Test": ("test", 2)}
+    for person, (_, photos) in people.items():
+        (lfw / "images" / person).mkdir(parents=True)
+        for number in range(1, photos + 1):
+            (lfw / "images" / person / f"{person}_{number:04d}.jpg").touch()
+    (lfw / "people.csv").write_text("person,images,split\n" + "".join(f"{p},{n},{s}\n" for p, (s, n) in people.items()))
+    fgnet_folder(tmp_path / "fgnet", [("001", 2, "train"), ("001", 30, "train"), ("002", 5, "test"), ("002", 9, "test"), ("003", 4, "train")])
+    utkface_folder(tmp_path / "utkface-part1", [(20, "train"), (21, "val"), (22, "test")], in_images=False)
+    utkface_folder(tmp_path / "utkface-extra", [(30, "train"), (31, "train"), (32, "val"), (33, "test")], in_images=True)
+
+    items = reenactor_items(lfw, [tmp_path / "utkface-part1", tmp_path / "utkface-extra"], tmp_path / "fgnet")
+    rows = [(i.path.relative_to(tmp_path).as_posix(), i.person, i.split, i.source) for i in items]
+    assert rows == [
+        ("lfw/images/Ann_Able/Ann_Able_0001.jpg", 0, "train", "lfw"),
+        ("lfw/images/Ann_Able/Ann_Able_0002.jpg", 0, "train", "lfw"),
+        ("lfw/images/Bob_Bold/Bob_Bold_0001.jpg", -1, "train", "lfw"),  # one photo: a self-reconstruction copy
+        ("fgnet/images/001A02.jpg", 1, "train", "fgnet"),  # the same person at 2 and 30: a pair
+        ("fgnet/images/001A30.jpg", 1, "train", "fgnet"),
+        ("fgnet/images/003A04.jpg", -1, "train", "fgnet"),
+        ("utkface-part1/20_0_0_0.jpg.chip.jpg", -1, "train", "utkface-part1"),
+        ("utkface-part1/21_0_0_1.jpg.chip.jpg", -1, "val", "utkface-part1"),
+        ("utkface-extra/images/30_0_0_0.jpg.chip.jpg", -1, "train", "utkface-extra"),
+        ("utkface-extra/images/31_0_0_1.jpg.chip.jpg", -1, "train", "utkface-extra"),
+    ]
+    assert all(i.path.is_file() for i in items)
+    limited = reenactor_items(lfw, [tmp_path / "utkface-extra"], tmp_path / "fgnet", limit=1)
+    assert [(i.path.name, i.person, i.split) for i in limited] == [
+        ("Ann_Able_0001.jpg", 0, "train"), ("Bob_Bold_0001.jpg", -1, "train"), ("001A02.jpg", 1, "train"), ("003A04.jpg", -1, "train"),
+        ("30_0_0_0.jpg.chip.jpg", -1, "train"), ("32_0_0_2.jpg.chip.jpg", -1, "val"),
+    ]
+
+
+def dotted_faces(size=128):
+    """Synthetic faces: 68 landmarks on a grid 10 px apart in the crop's middle, each a small bright dot."""
+    canvas = size + 2 * (size // 8)  # AlignedFaces' default margin
+    grid = np.stack(np.meshgrid(np.arange(9), np.arange(8)), -1).reshape(-1, 2)[:68] * 10.0 + 0.3
+    points = np.stack([grid + (canvas - 80) / 2 + [0.2, -0.4], grid[::-1] + (canvas - 80) / 2])  # two faces, sub-pixel spots
+    y, x = np.mgrid[:canvas, :canvas]
+    images = np.zeros((2, canvas, canvas, 3), dtype=np.uint8)
+    for face, spots in enumerate(points):
+        glow = sum(np.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * 1.2**2)) for px, py in spots)
+        images[face] = (np.clip(glow, 0, 1) * 255).round().astype(np.uint8)[..., None]
+    return AlignedFaces.from_arrays([None, None], "reenactor", size, images, points)
+
+
+def centroid_errors(crops, points, radius=4):
+    """Distance from each landmark (inside the crop) to the centroid of the brightness around it, px."""
+    errors = []
+    for crop, spots in zip(crops[:, 0].numpy().astype(np.float64), points):
+        for px, py in spots:
+            cx, cy = int(round(px)), int(round(py))
+            if radius <= min(cx, cy) and max(cx, cy) < crop.shape[0] - radius:
+                patch = crop[cy - radius : cy + radius + 1, cx - radius : cx + radius + 1]
+                y, x = np.mgrid[cy - radius : cy + radius + 1, cx - radius : cx + radius + 1]
+                errors.append(np.hypot((patch * x).sum() / patch.sum() - px, (patch * y).sum() / patch.sum() - py))
+    return np.array(errors)
+
+
+def test_elastic_warp_moves_landmarks_with_the_image():
+    from age_reenact.face.align import similarity_transform, transform_points
+
+    faces = dotted_faces()
+    jitter = {"rotate": 10, "scale": 0.08, "shift": 0.05, "flip": 0.5, "elastic": 0.04}
+    for seed in range(3):
+        crops, points = faces.crops_with_landmarks([0, 1], torch.Generator().manual_seed(seed), jitter)
+        errors = centroid_errors(crops, points)
+        assert len(errors) > 100 and errors.max() < 1.0, errors.max()
+
+    def residual(elastic: float) -> float:
+        """Landmarks' largest move (px) left after the best-fitting similarity: zero unless the warp bends."""
+        _, points = faces.crops_with_landmarks([0, 1], torch.Generator().manual_seed(0), {**jitter, "flip": 0.0, "elastic": elastic})
+        return min(np.abs(transform_points(similarity_transform(a, p), a) - p).max() for a, p in zip(faces.aligned_landmarks([0, 1]), points))
+
+    assert residual(0.0) < 1e-6 and residual(0.04) > 1.0
+
+
+def test_every_source_trains_two_steps(tiny_data, tmp_path):
+    history = train(tiny_data, tmp_path / "run", "--steps", "2", "--utkface", str(tiny_data / "utk_extra"), "--fgnet", str(tiny_data / "fgnet"),
+                    "--elastic", "0.03", "--self-share", "0.5", "--cache-dir", str(tmp_path / "cache"))
+    assert [r["step"] for r in history] == [1, 2] and all(np.isfinite(r["l1"]) and np.isfinite(r["shape_rec"]) for r in history)
+    card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    # LFW: 2 people x 3 photos; FG-NET: train people 001 and 002 (not 003, a test person); copies from both UTKFace folders.
+    assert "lfw 6 faces of 2 people, fgnet 4 faces of 2 people" in card and "utk 2, utk_extra 2" in card
+    assert "elastic warp amplitude 0.03" in card and "2 UTKFace `val` faces" in card
+    weights = read_weights(tmp_path / "run" / "reenactor.safetensors", ("dual_generator_reenactor",))
+    assert weights.config["num_identities"] == 4 and weights.provenance["data"]["copies"] == {"utk": 2, "utk_extra": 2}

@@ -4,8 +4,9 @@ Each image is detected and aligned with a crop convention of the face package, a
 "canvas": the aligned crop of `size` px with a margin around it, so training can jitter the alignment
 (rotation, scale, shift) by warping inside the canvas instead of re-reading files. The detected 68
 landmarks are stored with the canvases (canvas pixels; NaN where no face was found) and follow every
-jitter and flip of `crops_with_landmarks`. Caches written before landmarks were stored still load; a
-task that asks for landmarks rebuilds such a cache once.
+jitter and flip of `crops_with_landmarks`, and of its optional smooth elastic warp (`elastic` in the
+jitter dict). Caches written before landmarks were stored still load; a task that asks for landmarks
+rebuilds such a cache once.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from age_reenact.face.align import transform_points, warp_affine
 from age_reenact.face.crop import crops_from_points, extract_crops
@@ -33,8 +35,44 @@ FLIP_68 = np.array(
 )
 
 
+ELASTIC_KNOTS = 4  # elastic warp: knots across the crop (a displacement per face region: eyes, nose, mouth)
+
+
 def _canvas_size(size: int, margin: float) -> int:
     return size + 2 * int(math.ceil(size * margin / 2))
+
+
+def elastic_field(batch: int, size: int, amplitude: float, spacing: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Smooth random displacements [B, 2, size, size] (x, y in px) of about `amplitude` px at most: uniform
+    values on a grid of knots `spacing` px apart, bicubic-interpolated (smooth, so features bend, not tear)."""
+    knots = int(math.ceil(size / spacing)) + 1
+    coarse = (torch.rand(batch, 2, knots, knots, generator=generator, dtype=torch.float64) * 2 - 1) * amplitude
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
+
+
+def _grid(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel coordinates (pixel centres at integers) -> grid_sample's [-1, 1] with align_corners=True."""
+    return points * (2 / (size - 1)) - 1
+
+
+def elastic_warp(images: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Output pixel x shows the input at x + field(x); images [B, C, S, S], field from `elastic_field`."""
+    size = images.shape[-1]
+    pixels = torch.stack(torch.meshgrid(torch.arange(size, dtype=field.dtype), torch.arange(size, dtype=field.dtype), indexing="xy"))
+    grid = _grid(pixels + field, size).permute(0, 2, 3, 1).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=True)
+
+
+def elastic_points(points: np.ndarray, field: torch.Tensor, iterations: int = 6) -> np.ndarray:
+    """Where `elastic_warp` moves points [B, N, 2] (px): the q with q + field(q) = p, by fixed-point
+    iteration (a contraction: the field changes by well under 1 px per px)."""
+    size = field.shape[-1]
+    target = torch.from_numpy(np.asarray(points, dtype=np.float64))
+    moved = target.clone()
+    for _ in range(iterations):
+        at = F.grid_sample(field, _grid(moved, size)[:, :, None], mode="bilinear", padding_mode="border", align_corners=True)
+        moved = target - at[..., 0].permute(0, 2, 1)
+    return moved.numpy()
 
 
 class AlignedFaces:
@@ -76,6 +114,17 @@ class AlignedFaces:
                 tmp.replace(cache)
         self.fallbacks = int((~self.detected).sum())
 
+    @classmethod
+    def from_arrays(cls, items: list, convention: str, size: int, images: np.ndarray, landmarks: np.ndarray) -> "AlignedFaces":
+        """Faces given as canvases [N, C, C, 3] uint8 and their landmarks [N, 68, 2] (canvas px, NaN: none), with
+        no detection and no cache: synthetic faces for benchmarks and tests."""
+        faces = cls.__new__(cls)
+        faces.items, faces.convention, faces.size, faces.canvas = items, convention, size, images.shape[1]
+        faces.images, faces.landmarks = images, landmarks.astype(np.float32)
+        faces.detected = np.isfinite(faces.landmarks).all(axis=(1, 2))
+        faces.fallbacks = int((~faces.detected).sum())
+        return faces
+
     def _build(self, detector: FaceDetector) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from tqdm import tqdm
 
@@ -100,7 +149,8 @@ class AlignedFaces:
         return len(self.items)
 
     def crops(self, indices: torch.Tensor | np.ndarray, generator: torch.Generator | None = None, jitter: dict | None = None) -> torch.Tensor:
-        """Float crops [B, 3, size, size] in 0..1; with `jitter`, random similarity and flip per crop, colour, grey,
+        """Float crops [B, 3, size, size] in 0..1; with `jitter`, random similarity, smooth elastic warp (`elastic`:
+        its amplitude as a share of `size`) and flip per crop, colour, grey,
         and the photo degradations of `photo_degrade.degrade` (downscale, blur, jpeg) where the dict asks for them."""
         return self._sample(indices, generator, jitter, with_landmarks=False)[0]
 
@@ -133,6 +183,11 @@ class AlignedFaces:
         if not jitter:
             start = int(offset)
             return canvas[:, :, start : start + self.size, start : start + self.size].contiguous(), self.aligned_landmarks(indices) if with_landmarks else None
+        if jitter.get("elastic", 0):
+            # On the canvas, before the crop's similarity jitter: its margin fills what the warp pulls in.
+            field = elastic_field(b, self.canvas, jitter["elastic"] * self.size, self.size / ELASTIC_KNOTS, generator)
+            canvas = elastic_warp(canvas, field.float())
+            points = elastic_points(points, field) if points is not None else None
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         # canvas px -> crop px: rotate/scale about the crop centre, then shift.
         matrices = torch.zeros(b, 2, 3, dtype=torch.float64)

@@ -1,12 +1,24 @@
-"""Train the dual-generator reenactor (face generator RFG + shape generator IDSG) on LFW and UTKFace.
+"""Train the dual-generator reenactor (face generator RFG + shape generator IDSG) on LFW, FG-NET and UTKFace.
 
-    python -m training reenactor --lfw ../shared/data/lfw --utkface ../shared/data/utkface-part1 --out runs/reenactor [--nproc 2]
+    python -m training reenactor --lfw ../shared/data/lfw --fgnet ../shared/data/fgnet \
+        --utkface ../shared/data/utkface-part1 --utkface ../shared/data/utkface-extra --out runs/reenactor [--nproc 2]
 
 Face generator, by reconstruction: the sketch of face A (its 68 landmarks drawn by sketch.py) and the
-style of image B give A back. B is another photo of the same person (LFW `train` people with two or
-more detected faces) or a jittered, colour-shifted copy of A (UTKFace `train`). Losses: L1, a perceptual
-term, and a sketch-conditioned patch discriminator (non-saturating, lazy R1 on real faces); the
-exported face generator is an exponential moving average (EMA) of the trained one.
+style of image B give A back. B is another photo of the same person, or a jittered, colour-shifted copy
+of A (self-reconstruction). Data (`reenactor_items`; only `train` splits and people, never `test`):
+- same-person pairs: LFW `train` people with two or more detected faces (other poses and expressions)
+  and FG-NET `train` people (the same person at other ages, in scanned photos of more varied pose);
+- self-reconstruction copies: every other train face, i.e. every UTKFace `train` face of each
+  --utkface folder and the LFW train faces without a second detected photo of their person (with
+  --self-share, also that share of the pair rows);
+- validation: `val` faces of the first --utkface folder.
+Every face, FG-NET's included, gets the detector's iBUG-68 landmarks: the sketch renderer and the
+mirror table need iBUG's order, and FG-NET's hand-placed 68 points follow another scheme that shares
+only seven points with it (eye and mouth corners, nose tip: benchmarks/crop_offsets.py), so no full
+mapping exists. Targets are jittered (similarity, flip and, with --elastic, a smooth elastic warp, each
+moving image and landmarks together); copies get the same plus colour and greyscale changes.
+Losses: L1, a perceptual term, and a sketch-conditioned patch discriminator (non-saturating, lazy R1
+on real faces); the exported face generator is an exponential moving average (EMA) of the trained one.
 
 Perceptual term: feature L1 through a trained project network given with --perceptual (an age
 estimator "age_resnet" file or an AIFD encoder file, frozen); without one, a multi-scale L1 + SSIM loss
@@ -15,7 +27,7 @@ stands in (no trained project network existed when this task was written).
 Shape generator, on the same batch's aligned landmark sets: landmarks of A + the identity code of B
 (the same person) give A's landmarks back (reconstruction); the landmarks of another row's person
 under that code give a shape that a landmark discriminator takes for real, that the landmark
-classifier takes for A's person (LFW identities only: UTKFace faces have none), that keeps the
+classifier takes for A's person (paired people only: copies have no identity label), that keeps the
 driver's landmark code, and that the driver's own code maps back to the driver (cycle). The identity
 code is the AIFD embedding of B with --aifd-encoder (identity_source "aifd"), otherwise B's style code
 (identity_source "style": the model needs no other file; at inference the EMA style encoder gives it).
@@ -29,9 +41,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +55,7 @@ from age_reenact.aifd.encoder import load_encoder
 from age_reenact.aifd.similarity import UNIT, encoder_input
 from age_reenact.estimator.predict import prepare
 from age_reenact.images import save_image
-from age_reenact.labels import lfw_items, read_labels
+from age_reenact.labels import fgnet_items, lfw_items, utkface_items
 from age_reenact.reenact.convert import PREPROCESSING
 from age_reenact.reenact.identity import AIFDIdentity
 from age_reenact.reenact.model import DualGeneratorReenactor
@@ -69,25 +82,31 @@ EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 @dataclass
 class FaceItem:
     path: Path
-    person: int  # LFW identity (index into the people kept), -1 for UTKFace
-    split: str  # "train", or "val" (UTKFace val: validation metrics and samples only)
+    person: int  # a train person with two or more photos (LFW first, then FG-NET), -1 for a face alone
+    split: str  # "train", or "val" (the first UTKFace folder's val: validation metrics and samples only)
+    source: str  # "lfw", "fgnet" or the UTKFace folder's name: what the model card counts
 
 
-def reenactor_items(lfw: str | Path, utkface: str | Path | None, limit: int = 0, val_faces: int = 64) -> list[FaceItem]:
-    """LFW `train` people with two or more photos, then UTKFace `train`, then up to `val_faces` UTKFace
-    `val` faces. `limit` keeps the first N photos of each set (smoke runs)."""
-    by_person: dict[str, list[Path]] = {}
-    for item in lfw_items(lfw, "train"):
-        by_person.setdefault(item.person, []).append(item.path)
-    photos = [(name, path) for name, paths in sorted(by_person.items()) if len(paths) >= 2 for path in paths]
-    photos = photos[:limit] if limit else photos
-    names = {name: index for index, name in enumerate(sorted({name for name, _ in photos}))}
-    items = [FaceItem(path, names[name], "train") for name, path in photos]
-    if utkface:
-        rows = read_labels(utkface, Path(utkface) / "labels.csv")
-        train = [r for r in rows if r.split == "train"]
-        items += [FaceItem(r.path, -1, "train") for r in (train[:limit] if limit else train)]
-        items += [FaceItem(r.path, -1, "val") for r in rows if r.split == "val"][:val_faces]
+def reenactor_items(
+    lfw: str | Path, utkface: Sequence[str | Path] = (), fgnet: str | Path | None = None, limit: int = 0, val_faces: int = 64
+) -> list[FaceItem]:
+    """LFW `train` people, FG-NET `train` people, each UTKFace folder's `train` split, and up to `val_faces`
+    `val` faces of the first UTKFace folder; no `test` split or person. People with two or more photos
+    are numbered (LFW first) for same-person pairs; the others' photos and UTKFace faces have person -1.
+    `limit` keeps the first N photos of each set and of its people with one photo (smoke runs)."""
+    first = lambda rows: rows[:limit] if limit else rows  # noqa: E731
+    names: dict[str, int] = {}
+    items: list[FaceItem] = []
+    for source, people in (("lfw", lfw_items(lfw, "train")), ("fgnet", fgnet_items(fgnet, "train") if fgnet else [])):
+        photos = Counter(i.person for i in people)
+        paired = first([i for i in people if photos[i.person] >= 2])
+        items += [FaceItem(i.path, names.setdefault(f"{source}/{i.person}", len(names)), "train", source) for i in paired]
+        items += [FaceItem(i.path, -1, "train", source) for i in first([i for i in people if photos[i.person] < 2])]
+    for number, folder in enumerate(utkface):
+        rows, name = utkface_items(folder), Path(folder).name
+        items += [FaceItem(r.path, -1, "train", name) for r in first([r for r in rows if r.split == "train"])]
+        if number == 0:  # one validation set (utkface-part1's in the real run), comparable across runs
+            items += [FaceItem(r.path, -1, "val", name) for r in rows if r.split == "val"][:val_faces]
     return items
 
 
@@ -232,52 +251,74 @@ class ReenactorTask(Task):
         self.args = args
         self.preset = PRESETS[args.preset]
         self.size = self.preset["size"]
+        self.jitter_target = {**JITTER_TARGET, "elastic": args.elastic}
+        self.jitter_copy = {**JITTER_COPY, "elastic": args.elastic}
 
     # ---- data -------------------------------------------------------------------------------------
     def _setup_data(self, ctx: Context) -> None:
         args = self.args
-        items = reenactor_items(args.lfw, args.utkface, args.limit, args.val_faces)
-        self.faces = AlignedFaces(items, CONVENTION, self.size, cache_dir=args.cache_dir, landmarks=True)
-        found = np.isfinite(self.faces.landmarks).all(axis=(1, 2))  # only detected faces have a sketch
+        items = reenactor_items(args.lfw, args.utkface, args.fgnet, args.limit, args.val_faces)
+        self.index_faces(items, AlignedFaces(items, CONVENTION, self.size, cache_dir=args.cache_dir, landmarks=True))
+        if ctx.is_main:
+            pairs = ", ".join(f"{s}: {n['faces']} faces of {n['people']} people" for s, n in self.data["pairs"].items())
+            copies = ", ".join(f"{s}: {n}" for s, n in self.data["copies"].items())
+            print(f"pairs ({pairs}); self-reconstruction copies ({copies}); {self.data['val_faces']} val faces; "
+                  f"{self.data['left_out']} images without a detected face left out")
+
+    def index_faces(self, items: list[FaceItem], faces: AlignedFaces) -> None:
+        """The step's pools from `faces` (built from `items`, with landmarks): only detected faces have a
+        sketch; people keep the photos with a detected face and need two of them (labels renumbered
+        0..P-1); every other detected train face is a self-reconstruction copy."""
+        self.faces = faces
+        found = np.isfinite(faces.landmarks).all(axis=(1, 2))
         person = np.array([i.person for i in items])
         split = np.array([i.split for i in items])
-        # People keep the photos with a detected face, and need two of them; labels renumbered 0..P-1.
-        counts = np.bincount(person[found & (person >= 0)], minlength=max(1, person.max() + 1))
+        source = np.array([i.source for i in items])
+        counts = np.bincount(person[found & (person >= 0)], minlength=max(1, person.max(initial=-1) + 1))
         kept = np.flatnonzero(counts >= 2)
         relabel = np.full(len(counts), -1)
         relabel[kept] = np.arange(len(kept))
         self.identity = np.where(found & (person >= 0), relabel[person.clip(min=0)], -1)
         self.num_identities = len(kept)
         if not self.num_identities:
-            raise ValueError("no LFW train person with two or more detected faces: check --lfw (or raise --limit).")
-        self.lfw_index = np.flatnonzero(self.identity >= 0)
-        self.copy_index = np.flatnonzero(found & (person < 0) & (split == "train"))
-        self.train_index = np.concatenate([self.lfw_index, self.copy_index])
+            raise ValueError("no LFW or FG-NET train person with two or more detected faces: check --lfw/--fgnet (or raise --limit).")
+        self.pair_index = np.flatnonzero(self.identity >= 0)
+        self.copy_index = np.flatnonzero(found & (self.identity < 0) & (split == "train"))
+        self.train_index = np.concatenate([self.pair_index, self.copy_index])
         self.val_index = np.flatnonzero(found & (split == "val"))
-        self.same_person = {p: self.lfw_index[self.identity[self.lfw_index] == p] for p in range(self.num_identities)}
-        if ctx.is_main:
-            print(
-                f"{len(self.lfw_index)} LFW faces of {self.num_identities} people, {len(self.copy_index)} UTKFace train faces, "
-                f"{len(self.val_index)} val faces; {int((~found).sum())} images without a detected face left out"
-            )
+        self.same_person = {p: self.pair_index[self.identity[self.pair_index] == p] for p in range(self.num_identities)}
+        paired_source, copy_source = source[self.pair_index], source[self.copy_index]
+        self.data = {  # for the log and the model card
+            "pairs": {
+                name: {"faces": int((paired_source == name).sum()), "people": len(np.unique(self.identity[self.pair_index][paired_source == name]))}
+                for name in dict.fromkeys(paired_source)
+            },
+            "copies": {name: int((copy_source == name).sum()) for name in dict.fromkeys(copy_source)},
+            "val_faces": len(self.val_index),
+            "left_out": int((~found).sum()),
+        }
 
     def partners(self, index: np.ndarray, generator: torch.Generator) -> np.ndarray:
-        """Another photo of the same person for LFW faces; the face itself for UTKFace (augmented later)."""
+        """Another photo of the same person for faces of a paired person (but the face itself for a random
+        --self-share of them); the face itself for copies. A face partnered with itself gets an augmented copy
+        as its style image."""
         out = index.copy()
-        for row, face in enumerate(index):
-            if self.identity[face] >= 0:
-                others = self.same_person[self.identity[face]]
-                others = others[others != face]
-                out[row] = others[int(torch.randint(len(others), (1,), generator=generator))]
+        paired = self.identity[index] >= 0
+        if self.args.self_share:
+            paired &= torch.rand(len(index), generator=generator).numpy() >= self.args.self_share
+        for row in np.flatnonzero(paired):
+            others = self.same_person[self.identity[index[row]]]
+            others = others[others != index[row]]
+            out[row] = others[int(torch.randint(len(others), (1,), generator=generator))]
         return out
 
     def style_images(self, index: np.ndarray, partner: np.ndarray, generator: torch.Generator) -> torch.Tensor:
-        copies = self.identity[index] < 0
+        copies = partner == index
         images = torch.empty(len(index), 3, self.size, self.size)
         if (~copies).any():
             images[torch.from_numpy(~copies)] = self.faces.crops(partner[~copies], generator, JITTER_STYLE)
         if copies.any():
-            images[torch.from_numpy(copies)] = self.faces.crops(index[copies], generator, JITTER_COPY)
+            images[torch.from_numpy(copies)] = self.faces.crops(index[copies], generator, self.jitter_copy)
         return images
 
     def normalised_landmarks(self, index: np.ndarray) -> torch.Tensor:
@@ -325,7 +366,7 @@ class ReenactorTask(Task):
         generator = ctx.generator()
         index = ctx.epoch_batch(self.train_index)
         partner = self.partners(index, generator)
-        targets, points = self.faces.crops_with_landmarks(index, generator, JITTER_TARGET)
+        targets, points = self.faces.crops_with_landmarks(index, generator, self.jitter_target)
         style_images = self.style_images(index, partner, generator).to(ctx.device)
         losses, style = self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images)
         if self.aifd is not None:
@@ -380,7 +421,7 @@ class ReenactorTask(Task):
 
     def _shape_step(self, ctx: Context, index: np.ndarray, identity: torch.Tensor) -> dict[str, float]:
         """IDSG on the batch's aligned landmark sets, with the identity codes of their style images (the
-        same person: another LFW photo, or the augmented copy). Only LFW faces carry identity labels."""
+        same person: another photo, or the augmented copy). Only paired people's faces carry identity labels."""
         args = self.args
         driver = self.normalised_landmarks(index).to(ctx.device)
         labels = torch.from_numpy(self.identity[index]).to(ctx.device)
@@ -426,7 +467,7 @@ class ReenactorTask(Task):
 
     # ---- samples, validation, export --------------------------------------------------------------
     def _sample_faces(self) -> dict[str, np.ndarray]:
-        """Fixed faces for the sample grids: 4 LFW same-person pairs, 4 (source, driver) pairs of val faces."""
+        """Fixed faces for the sample grids: 4 same-person pairs (LFW first), 4 (source, driver) pairs of val faces."""
         people = list(self.same_person.values())[:4]
         pool = self.val_index if len(self.val_index) >= 2 else self.train_index
         cross = pool[: 2 * min(4, len(pool) // 2)]
@@ -487,7 +528,7 @@ class ReenactorTask(Task):
         provenance = {
             "command": training_command(),
             "steps": ctx.step, "batch_size": ctx.config.batch_size, "preset": args.preset,
-            "data": {"lfw_faces": int(len(self.lfw_index)), "lfw_people": self.num_identities, "utkface_faces": int(len(self.copy_index))},
+            "data": self.data, "augmentation": {"elastic": args.elastic, "self_share": args.self_share},
             "perceptual": self.perceptual.name, "identity_source": self.config["identity_source"], "ema": "face generator and style encoder",
         }
         file = save_weights(path / "reenactor.safetensors", state, "dual_generator_reenactor", self.config, {**PREPROCESSING, "size": self.size}, provenance)
@@ -504,7 +545,9 @@ IDENTITY_NOTES = {
 
 
 def model_card(config: dict, provenance: dict, megabytes: float, parameters: int, dtype: str) -> str:
-    data = provenance["data"]
+    data, augmentation = provenance["data"], provenance["augmentation"]
+    pairs = ", ".join(f"{name} {n['faces']} faces of {n['people']} people" for name, n in data["pairs"].items())
+    copies = ", ".join(f"{name} {n}" for name, n in data["copies"].items())
     return f"""# AgeReenact dual-generator reenactor ({config['size']} px)
 
 - Architecture: `dual_generator_reenactor` (shape generator `idsg.*`, face generator `rfg.*`; EMA face generator).
@@ -513,26 +556,37 @@ def model_card(config: dict, provenance: dict, megabytes: float, parameters: int
 - Identity code of the shape generator: `{config['identity_source']}` ({IDENTITY_NOTES[config['identity_source']]}).
 - Training: {provenance['steps']} steps, batch {provenance['batch_size']}; command `{provenance['command']}`.
   - Face generator: reconstruction of a face from its landmark sketch and the style of another photo of the
-    same person (LFW) or of an augmented copy (UTKFace); L1, perceptual term: {provenance['perceptual']};
+    same person (pairs) or of an augmented copy (self-reconstruction: flips, similarity jitter, colour,
+    greyscale); elastic warp amplitude {augmentation['elastic']:g} of the crop size (0: none); pair rows trained
+    as copies instead: {augmentation['self_share']:.0%}. L1, perceptual term: {provenance['perceptual']};
     sketch-conditioned patch discriminator (non-saturating) with R1 on real faces.
   - Shape generator: aligned landmark sets of the same faces; reconstruction, cycle, landmark-code
-    consistency, adversarial and (LFW people) identity-classification losses.
-- Data: LFW `train` people with two or more detected faces ({data['lfw_faces']} faces, {data['lfw_people']} people),
-  UTKFace `train` split ({data['utkface_faces']} faces). LFW `test` people and the UTKFace `val`/`test` splits
-  were not trained on (UTKFace `val` faces were used for validation metrics and samples).
-- Landmarks: dlib's 68-point predictor (trained on iBUG 300-W, licensed for non-commercial use only).
-- Licences of the data: LFW (research benchmark), UTKFace (non-commercial research only): use this model
-  for non-commercial research only.
+    consistency, adversarial and (paired people) identity-classification losses.
+- Data (detected faces): same-person pairs of `train` people with two or more of them ({pairs});
+  self-reconstruction copies of every other `train` face ({copies}). LFW and FG-NET `test` people and the
+  UTKFace `val`/`test` splits were not trained on ({data['val_faces']} UTKFace `val` faces were used for
+  validation metrics and samples).
+- Landmarks: dlib's 68-point predictor (trained on iBUG 300-W, licensed for non-commercial use only), on
+  every face, FG-NET's too (its hand-placed points follow another 68-point scheme).
+- Licences of the data: LFW (research benchmark), FG-NET (research use), UTKFace (non-commercial research
+  only): use this model for non-commercial research only.
 - Evaluation (identity kept: dlib distance source vs output < 0.6; pose: landmark NME vs the target):
   `age-reenact evaluate reenactment --model reenactor.safetensors --lfw ../shared/data/lfw --utkface ../shared/data/utkface-part1`
 - Limitations: small and low-resolution ({config['size']} px); absolute mode only as good as the landmark
-  detector; faces far from the frontal poses of LFW/UTKFace are out of distribution.
+  detector; faces far from the poses of LFW/UTKFace/FG-NET are out of distribution.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lfw", required=True, help="LFW folder (people.csv, images/); only `train` people are used")
-    parser.add_argument("--utkface", help="UTKFace folder with labels.csv (train split: augmented-copy pairs; val: validation)")
+    parser.add_argument("--utkface", action="append", default=[],
+                        help="UTKFace folder with labels.csv, images beside it or in images/ (train split: self-reconstruction copies); "
+                             "repeat for more folders; the first one's val split is the validation set")
+    parser.add_argument("--fgnet", help="FG-NET folder (labels.csv with person and split, images/): `train` people as same-person pairs across ages")
+    parser.add_argument("--elastic", type=float, default=0.0,
+                        help="smooth elastic warp of targets and copies (image and landmarks together): amplitude as a share of the crop size (0 = off)")
+    parser.add_argument("--self-share", type=float, default=0.0,
+                        help="share of pair rows trained as self-reconstruction from their own augmented copy instead (1 = self-reconstruction only)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--perceptual", help="age_resnet or aifd_encoder safetensors for the perceptual term; default: multi-scale L1 + SSIM")
     parser.add_argument("--aifd-encoder", help="AIFD encoder safetensors: the shape generator's identity code (default: the style code)")
