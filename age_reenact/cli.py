@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     ageing.add_argument("--source-groups", nargs="+", default=["20-29", "30-39"], help="groups of the source faces")
     ageing.add_argument("--targets", nargs="+", help="target groups (default: Table I's nine, all but 20-29)")
     ageing.add_argument("--limit", type=int, help="at most this many source faces, spread over the list")
-    ageing.add_argument("--real-limit", type=int, help="at most this many real faces per group for the Real row")
+    ageing.add_argument("--real-limit", type=int, help="at most this many real faces per group for the Real row (0: no Real row)")
     ageing.add_argument("--seed", type=int, default=0)
     ageing.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
     ageing.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # what images.read_image reads
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -42,6 +44,17 @@ def read_labels(images: str | Path, labels_csv: str | Path | None = None, split:
     else:
         rows = [LabelledImage(p, age_from_name(p.name)) for p in sorted(images.iterdir()) if p.name.lower().endswith(IMAGE_SUFFIXES)]
     return [r for r in rows if split is None or r.split == split]
+
+
+def labelled_sources(
+    images: Sequence[str | Path], labels: Sequence[str | Path] | None, read: Callable[[str | Path, str | Path | None], list[Item]] = read_labels
+) -> list[Item]:
+    """The union of several image folders, each read by `read` with its labels CSV (the training launchers'
+    repeated `--images`/`--labels`); with no CSVs every folder is read without one."""
+    labels = labels or []
+    if labels and len(labels) != len(images):
+        raise ValueError(f"give one --labels per --images ({len(images)} folders, {len(labels)} label files), or none.")
+    return [i for k, folder in enumerate(images) for i in read(folder, labels[k] if labels else None)]
 
 
 @dataclass

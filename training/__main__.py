@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint-every", type=int, default=250)
         sub.add_argument("--threads", type=int, default=None, help="torch threads per process")
         sub.add_argument("--stop-at", type=int, default=None, help="pause at this step (checkpointed) to continue later")
+        sub.add_argument("--export-every", type=int, default=0, help="also export a snapshot to OUT/exports/step_NNNNNN/ every N steps")
         sub.add_argument("--nproc", type=int, default=1, help="processes (DDP through torchrun)")
         importlib.import_module(module).add_arguments(sub)
     return parser
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     config = RunConfig(
         out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
         log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, threads=args.threads, stop_at=args.stop_at,
+        export_every=args.export_every,
     )
     importlib.import_module(TASKS[args.task]).main(args, config)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from age_reenact.estimator.predict import AgeEstimator, prepare
 from age_reenact.estimator.resnet import AgeResNet
-from age_reenact.labels import read_labels
+from age_reenact.labels import labelled_sources
 from age_reenact.weights import save_weights
 
 from .engine import Context, RunConfig, Task, run, training_command
@@ -35,14 +35,6 @@ JITTER = {"rotate": 10, "scale": 0.06, "shift": 0.04, "flip": 0.5, "color": 0.25
 # recompressed or greyscale scans (FG-NET: 17 % grey).
 PHOTO_JITTER = {**JITTER, "rotate": 15, "scale": 0.12, "shift": 0.06, "color": 0.3, "grey": 0.2, "downscale": 0.3, "min_size": 24,
                 "blur": 0.2, "max_sigma": 1.5, "jpeg": 0.3, "quality": (30, 90)}
-
-
-def labelled_sources(images: list[str], labels: list[str] | None) -> list:
-    """The union of several `--images` folders with their `--labels` CSVs (none: UTKFace-style names for all)."""
-    labels = labels or []
-    if labels and len(labels) != len(images):
-        raise ValueError(f"give one --labels per --images ({len(images)} folders, {len(labels)} label files), or none.")
-    return [i for k, folder in enumerate(images) for i in read_labels(folder, labels[k] if labels else None) if i.age is not None]
 
 
 def gaussian_targets(ages: torch.Tensor, num_ages: int, sigma: float) -> torch.Tensor:
@@ -72,7 +64,7 @@ class AgeEstimatorTask(Task):
 
     def setup(self, ctx: Context) -> None:
         args = self.args
-        items = labelled_sources(args.images, args.labels)
+        items = [i for i in labelled_sources(args.images, args.labels) if i.age is not None]
         if args.limit:
             items = items[: args.limit]
         self.faces = AlignedFaces(items, args.convention, args.size, cache_dir=args.cache_dir)

@@ -1,19 +1,23 @@
 """Train AgeTransGAN (generator + CMP discriminator), from scratch or from a loaded generator, with or without the MI loss.
 
-    python -m training agetransgan --images DIR [--labels CSV] --estimator AGE.safetensors \
-        [--identity-encoder AIFD.safetensors --mi-weight 1] [--init-generator G.safetensors] --out runs/agt
+    python -m training agetransgan --images DIR [--labels CSV] [--images DIR2 --labels CSV2 ...] --estimator AGE.safetensors \
+        [--identity-encoder AIFD.safetensors --mi-weight 1] [--init-generator G.safetensors] [--diffaugment color,translation,cutout] --out runs/agt
 
 Data: FFHQ-Aging folders, relabelled folders or UTKFace (see training/age_group_data.py), aligned once
-with AgeTransGAN's own crop at the model size and cached. Each step turns a batch of sources to random
-other groups and back (losses: training/agetransgan_losses.py), then updates the discriminator on the
-sources and the generated faces. The EMA generator is what is sampled, evaluated and exported.
-Sample grids (rows = faces of the val split, columns = the input then the groups) go to samples/.
+with AgeTransGAN's own crop at the model size and cached; several `--images`/`--labels` pairs train on
+their union (train rows only; the val rows give the sample faces). Each step turns a batch of sources to
+random other groups and back (losses: training/agetransgan_losses.py), then updates the discriminator on the
+sources and the generated faces; `--diffaugment` passes everything the discriminator reads through
+DiffAugment (training/diffaugment.py), a training option only: the exported generator is the same network.
+The EMA generator is what is sampled, evaluated and exported. Sample grids (rows = faces of the val split,
+spread over the list, columns = the input then the groups) go to samples/.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +33,12 @@ from age_reenact.aifd.mi_loss import MILoss
 from age_reenact.aifd.similarity import cosine
 from age_reenact.estimator.predict import AgeEstimator
 from age_reenact.evaluation.ageing_eval import save_grid, spearman, spread
+from age_reenact.labels import labelled_sources
 from age_reenact.weights import build_model, read_weights, save_weights
 
 from .age_group_data import read_group_items
 from .agetransgan_losses import EstimatorGroupLoss, LossWeights, discriminator_losses, generator_losses, weighted_sum
+from .diffaugment import diff_augment, parse_policy
 from .engine import Context, RunConfig, Task, run, training_command
 from .face_data import AlignedFaces
 
@@ -78,13 +84,15 @@ class AgeTransGANTask(Task):
 
     def load_data(self, ctx: Context, size: int) -> None:
         args = self.args
-        everything = read_group_items(args.images, args.labels, None, self.groups, args.min_confidence)
+        read = partial(read_group_items, split=None, groups=self.groups, min_confidence=args.min_confidence)
+        everything = labelled_sources(args.images, args.labels, read)
         train = [i for i in everything if i.split == "train"]
         train = [train[k] for k in spread(range(len(train)), args.limit)]  # label files are often sorted by age
         held_out = [i for i in everything if i.split == "val"]
         if not train:
-            raise ValueError(f"no train faces in {args.images}; the split column (or FFHQ-Aging's numbering) marks them")
-        samples = (held_out or train)[: args.sample_faces]
+            raise ValueError(f"no train faces in {', '.join(args.images)}; the split column (or FFHQ-Aging's numbering) marks them")
+        pool = held_out or train
+        samples = [pool[k] for k in spread(range(len(pool)), args.sample_faces)]
         items = train + (samples if held_out else [])
         self.faces = AlignedFaces(items, "agetransgan", size, cache_dir=args.cache_dir)
         self.face_groups = torch.tensor([i.group for i in items])
@@ -159,8 +167,9 @@ class AgeTransGANTask(Task):
 
         discriminator.requires_grad_(False)  # the generator step reads D without training it
         mi = self.mi if w.mi > 0 else None
+        augment = partial(diff_augment, policy=self.args.diffaugment, generator=rng) if self.args.diffaugment else None
         with ctx.autocast():
-            g_losses, fake = generator_losses(self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count)
+            g_losses, fake = generator_losses(self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment)
         g_total = weighted_sum(g_losses, {"adversarial": w.adversarial, "age_d": w.age_d, "cycle": w.cycle, "age_estimator": w.age_estimator, "mi": w.mi})
         self.g_optimizer.zero_grad(set_to_none=True)
         g_total.backward()
@@ -172,7 +181,7 @@ class AgeTransGANTask(Task):
         discriminator.requires_grad_(True)
         r1 = w.r1 > 0 and ctx.step % w.r1_every == 0
         with ctx.autocast():
-            d_losses = discriminator_losses(self.d, real, source_group, fake, target, self.groups.count, r1)
+            d_losses = discriminator_losses(self.d, real, source_group, fake, target, self.groups.count, r1, augment)
         d_total = weighted_sum(d_losses, {"d_adversarial": 1.0, "d_age": w.age_d_real, "r1": w.r1 / 2 * w.r1_every})
         self.d_optimizer.zero_grad(set_to_none=True)
         d_total.backward()
@@ -230,8 +239,9 @@ class AgeTransGANTask(Task):
     def provenance(self, ctx: Context) -> dict:
         args = self.args
         return {
-            "task": "agetransgan", "data": str(args.images), "labels": str(args.labels or ""), "steps": ctx.step,
+            "task": "agetransgan", "data": ", ".join(args.images), "labels": ", ".join(args.labels or []), "steps": ctx.step,
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
+            "diffaugment": ",".join(args.diffaugment),
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
             "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": training_command(),
         }
@@ -245,8 +255,10 @@ class AgeTransGANTask(Task):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--images", required=True, help="face folder: FFHQ-Aging, group folders, relabelled or UTKFace (see training/age_group_data.py)")
-    data.add_argument("--labels", help="ffhq_aging_labels.csv, a relabel CSV (file, age, group) or a labels CSV (file, age[, split])")
+    data.add_argument("--images", required=True, action="append",
+                      help="face folder: FFHQ-Aging, group folders, relabelled or UTKFace (see training/age_group_data.py); repeat for several")
+    data.add_argument("--labels", action="append",
+                      help="per --images: ffhq_aging_labels.csv, a relabel CSV (file, age, group) or a labels CSV (file, age[, split]); or none at all")
     data.add_argument("--min-confidence", type=float, default=0.6, help="FFHQ-Aging: minimum age-group label confidence")
     data.add_argument("--limit", type=int, default=0, help="use only N train faces, spread over the list (smoke runs)")
     data.add_argument("--sample-faces", type=int, default=6, help="faces (from the val split) in each sample grid")
@@ -270,6 +282,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     losses.add_argument("--cycle-weight", type=float, default=10.0)
     losses.add_argument("--r1", type=float, default=1.0, help="R1 gamma (0 = off)")
     losses.add_argument("--r1-every", type=int, default=16)
+    losses.add_argument("--diffaugment", type=parse_policy, default=(), metavar="POLICIES",
+                        help="DiffAugment for small data: comma-separated color, translation, cutout, applied to every real and generated face D reads")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=0.002)
     optim.add_argument("--ema-decay", type=float, default=0.999)

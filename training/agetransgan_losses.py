@@ -7,11 +7,13 @@ Generator, for a source I_s of group s turned into Î_t = G(I_s, t) and back, Ĩ
     cycle          |Ĩ_s - I_s|_1                              back to the source group
     mi             1 - cos(E_A(I_s), E_A(Î_t))               the frozen AIFD encoder, on the 112 resize
 Discriminator: softplus(D(Î_t, t)) + softplus(-D(I_s, s)) + CE(C_a(I_s), s), plus lazy R1 on the reals.
-Every weight is a field of `LossWeights`.
+Every weight is a field of `LossWeights`. With `augment` (DiffAugment, training/diffaugment.py) D reads every
+real and generated face, in both players' terms, through it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,14 +75,15 @@ def generator_losses(
     estimator: EstimatorGroupLoss | None,
     mi: MILoss | None,
     group_count: int,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Unweighted generator loss terms (fp32 scalars) and the generated faces Î_t.
+    """Unweighted generator loss terms (fp32 scalars) and the generated faces Î_t (not augmented).
 
     Call inside the run's autocast; `noise` holds the noise of the forward and of the cycle pass."""
     target_code = F.one_hot(target_group, group_count).float()
     fake = generator(source, target_code, noise[0])
     back = generator(fake, F.one_hot(source_group, group_count).float(), noise[1])
-    score, logits = discriminator(fake, target_code)
+    score, logits = discriminator(fake if augment is None else augment(fake), target_code)
     losses = {
         "adversarial": F.softplus(-score).mean(),
         "age_d": F.cross_entropy(logits.float(), target_group),
@@ -102,11 +105,14 @@ def discriminator_losses(
     fake_group: torch.Tensor,
     group_count: int,
     r1: bool,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Unweighted discriminator terms; with `r1`, the real images' gradient penalty |grad D(real)|^2 too."""
+    """Unweighted discriminator terms; with `r1`, the real images' gradient penalty |grad D(real)|^2 too
+    (with respect to the images before `augment`, as DiffAugment's StyleGAN2 code does)."""
     real = real.detach().requires_grad_(r1)
-    real_score, real_logits = discriminator(real, F.one_hot(real_group, group_count).float())
-    fake_score, _ = discriminator(fake.detach(), F.one_hot(fake_group, group_count).float())
+    seen = augment or (lambda x: x)
+    real_score, real_logits = discriminator(seen(real), F.one_hot(real_group, group_count).float())
+    fake_score, _ = discriminator(seen(fake.detach()), F.one_hot(fake_group, group_count).float())
     losses = {
         "d_adversarial": F.softplus(fake_score).mean() + F.softplus(-real_score).mean(),
         "d_age": F.cross_entropy(real_logits.float(), real_group),

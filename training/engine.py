@@ -2,8 +2,10 @@
 
 A `Task` owns its models, optimisers and one training step; the engine owns everything around it:
 processes (torch DDP through `torchrun`: gloo on CPU, nccl on GPU), bf16 autocast, resumable
-checkpoints, progress, metrics and learning curves. Randomness of step `s` on rank `r` comes from a
-generator seeded with (seed, s, r), so a resumed run draws exactly what the uninterrupted run would have.
+checkpoints, progress, metrics and learning curves, and exports: the final one in the run folder and,
+with `export_every`, snapshots in exports/step_NNNNNN/ to evaluate while training goes on. Randomness of
+step `s` on rank `r` comes from a generator seeded with (seed, s, r), so a resumed run draws exactly what
+the uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class RunConfig:
     checkpoint_every: int = 250
     threads: int | None = None
     stop_at: int | None = None  # pause here (checkpoint, no export): train in slices of a longer run
+    export_every: int = 0  # also export a snapshot every N steps (0 = only the final export)
 
 
 class Context:
@@ -235,6 +238,8 @@ def run(task: Task, config: RunConfig) -> dict[str, float]:
                             log.write(json.dumps(history[-1]) + "\n")
                 if ctx.is_main and (ctx.step % config.checkpoint_every == 0 or ctx.step in (config.steps, config.stop_at)):
                     save_checkpoint(ctx, task, history)
+                if ctx.is_main and config.export_every and ctx.step % config.export_every == 0 and ctx.step < config.steps:
+                    task.export(ctx, ctx.out_dir / "exports" / f"step_{ctx.step:06d}")
     except KeyboardInterrupt:
         if ctx.is_main:
             path = save_checkpoint(ctx, task, history)

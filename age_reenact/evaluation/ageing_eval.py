@@ -233,7 +233,9 @@ def evaluate_ageing(
     grid_faces: int = 6,
     out_dir: Path | None = None,
 ) -> dict:
-    """Table I for every generator of `evaluation` on the faces of a labelled split; writes the reports to out_dir."""
+    """Table I for every generator of `evaluation` on the faces of a labelled split; writes the reports to out_dir.
+
+    `limit` spreads the source faces over the list, `real_limit` the real faces of each group (0: no Real row)."""
     from tqdm import tqdm
 
     groups = evaluation.groups
@@ -244,7 +246,7 @@ def evaluate_ageing(
         raise ValueError(f"no faces with ages in {images}" + (f" (split {split})" if split else ""))
     group_of = [int(groups.group_of(r.age)) for r in rows]
     sources = spread([i for i, g in enumerate(group_of) if g in source_index], limit)
-    reals = {t: spread([i for i, g in enumerate(group_of) if g == t], real_limit) for t in target_index}
+    reals = {t: spread([i for i, g in enumerate(group_of) if g == t], real_limit) for t in target_index} if real_limit != 0 else {}
     needed = sorted(set(sources).union(*reals.values()))
     found = dict(zip(needed, detect_dataset_faces([rows[i].path for i in needed], evaluation.detector)))
 
