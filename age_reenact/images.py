@@ -81,6 +81,23 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray((image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy())
 
 
+# EXIF orientation -> (the transpose that turns the stored pixels upright, whether the upright rows are the
+# stored columns, whether they come from the far end), as ImageOps.exif_transpose turns them.
+_ORIENTATIONS = {
+    2: ("FLIP_LEFT_RIGHT", False, False),
+    3: ("ROTATE_180", False, True),
+    4: ("FLIP_TOP_BOTTOM", False, True),
+    5: ("TRANSPOSE", True, False),
+    6: ("ROTATE_270", True, False),
+    7: ("TRANSVERSE", True, True),
+    8: ("ROTATE_90", True, True),
+}
+# Pixels converted at a time: PIL keeps RGB at 4 bytes a pixel, so a whole 24 MP photo converted at once
+# would hold PIL's 96 MB, a 72 MB bytes copy and the 72 MB array together; strips of this size add ~7 MB.
+STRIP_PIXELS = 1 << 20
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # grey stored wider than 8 bits
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file into uint8 RGB [H, W, 3]: the one file reader of the pack (commands, evaluation, training).
 
@@ -88,8 +105,11 @@ def read_image(path: str | Path) -> np.ndarray:
     applied. Transparent areas become black; 16-bit and 32-bit grey is scaled by its range; CMYK and other
     modes are converted to RGB. A file that cannot be used raises ImageInputError whose `reason` says why:
     not found, not an image, truncated, unreadable, too small, too large.
+
+    The decoded image is turned and converted into the array a strip of rows at a time, so the peak is the
+    decoded image plus the array (168 MB for a 24 MP JPEG), never a second full-size copy.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ExifTags, Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -98,8 +118,7 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as img:
             _check_size(*img.size, str(path))  # before decoding: no memory spent on a file that is refused anyway
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-            return _rgb_array(img)
+            return _upright_rgb(img, img.getexif().get(ExifTags.Base.Orientation, 1))
     except ImageInputError:
         raise
     except UnidentifiedImageError as exc:
@@ -112,14 +131,33 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageInputError(f"{path} could not be decoded ({exc}); the file is damaged or incomplete.", reason) from exc
 
 
-def _rgb_array(img) -> np.ndarray:
-    """A decoded PIL image of any mode -> uint8 RGB [H, W, 3]."""
+def _upright_rgb(img, orientation: int) -> np.ndarray:
+    """A decoded PIL image of any mode -> uint8 RGB [H, W, 3] turned by its EXIF orientation, strip by strip."""
     from PIL import Image
 
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(img, dtype=np.float32)
-        scale = 65535.0 if array.max() > 255 else 255.0  # 16-bit data, or 8-bit values stored wide
-        grey = (np.clip(array / scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    transpose, swapped, from_end = _ORIENTATIONS.get(orientation, (None, False, False))
+    w, h = img.size
+    out_h, out_w = (w, h) if swapped else (h, w)
+    # 16-bit data, or 8-bit values stored wide: told apart by the whole image's range, not each strip's.
+    wide = 65535.0 if img.mode in WIDE_MODES and img.getextrema()[1] > 255 else 255.0
+    frame = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // out_w)
+    for y0 in range(0, out_h, rows):
+        y1 = min(out_h, y0 + rows)
+        s0, s1 = (out_h - y1, out_h - y0) if from_end else (y0, y1)
+        strip = img.crop((s0, 0, s1, h) if swapped else (0, s0, w, s1))
+        if transpose is not None:
+            strip = strip.transpose(Image.Transpose[transpose])
+        frame[y0:y1] = _rgb_array(strip, wide)
+    return frame
+
+
+def _rgb_array(img, wide: float) -> np.ndarray:
+    """A decoded PIL image of any mode -> uint8 RGB [H, W, 3]; `wide` is the range of wide grey modes (WIDE_MODES)."""
+    from PIL import Image
+
+    if img.mode in WIDE_MODES:
+        grey = (np.clip(np.asarray(img, dtype=np.float32) / wide, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         # Composite on black so transparent areas do not bring garbage colours.
@@ -128,7 +166,7 @@ def _rgb_array(img) -> np.ndarray:
         img.paste(rgba, mask=rgba)
     elif img.mode != "RGB":
         img = img.convert("RGB")
-    return np.array(img)
+    return np.asarray(img)
 
 
 def load_image(path: str | Path) -> torch.Tensor:

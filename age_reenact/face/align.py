@@ -81,6 +81,36 @@ def _with_row(matrix: torch.Tensor) -> torch.Tensor:
     return torch.cat([matrix, bottom], dim=-2)
 
 
+# Rows of source pooled at a time (rounded to the pool factor): only a band of a uint8 frame is ever float.
+POOL_BAND_ROWS = 256
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
+
+
+def box_filter(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean of each factor x factor block of [B, C, H, W] (blocks cut by the right or bottom edge average
+    the pixels they hold), as floats; uint8 images are read as 0..1. The source is converted a band of rows
+    at a time, so a 24 MP uint8 frame costs its pooled copy and one band, not a 288 MB float copy."""
+    b, c, h, w = images.shape
+    dtype = torch.float32 if images.dtype == torch.uint8 else images.dtype
+    pooled = torch.empty(b, c, -(-h // factor), -(-w // factor), dtype=dtype, device=images.device)
+    rows = factor * max(1, POOL_BAND_ROWS // factor)  # whole blocks: the same blocks as pooling at once
+    # One band buffer, filled again for every band: with a fresh tensor a band the heap grew by several
+    # bands before freed ones were reused (50-60 MiB instead of one 13 MiB band for a face that fills a
+    # 24 MP photo).
+    buffer = torch.empty(b, c, min(rows, h), w, dtype=dtype, device=images.device)
+    for y in range(0, h, rows):
+        band = buffer[..., : min(rows, h - y), :]
+        band.copy_(images[..., y : y + rows, :])
+        if images.dtype == torch.uint8:
+            band.div_(255.0)
+        part = F.avg_pool2d(band, factor, ceil_mode=True, count_include_pad=False)
+        pooled[..., y // factor : y // factor + part.shape[-2], :] = part
+    return pooled
+
+
 def warp_affine(
     images: torch.Tensor,
     matrices: np.ndarray | torch.Tensor,
@@ -88,11 +118,12 @@ def warp_affine(
     mode: str = "bicubic",
     antialias: bool = True,
 ) -> torch.Tensor:
-    """Warp a batch [B, C, H, W] with per-image 2x3 source->destination matrices to [B, C, h, w].
+    """Warp a batch [B, C, H, W] with per-image 2x3 source->destination matrices to float [B, C, h, w].
 
-    Outside the source is black (zeros), as the official crops pad with black. When a warp shrinks the
-    image by 4x or more, the source is first box-filtered by half the shrink (an integer factor) so faces
-    in large frames do not alias; a full-factor box filter would blur a crop -> paste round trip. Images that share a factor are warped in one batched call. Bicubic (the default)
+    uint8 images are read as 0..1. Outside the source is black (zeros), as the official crops pad with black.
+    When a warp shrinks the image by 4x or more, the source is first box-filtered by half the shrink (an
+    integer factor, `box_filter`) so faces in large frames do not alias; a full-factor box filter would blur a
+    crop -> paste round trip. Images that share a factor are warped in one batched call. Bicubic (the default)
     keeps a crop -> paste round trip within 0.06 of the input where bilinear twice blurs edges by up to
     0.29; it can overshoot 0..1 slightly, so image callers clamp.
     """
@@ -100,16 +131,21 @@ def warp_affine(
     if matrices.shape[0] != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {matrices.shape[0]} matrices")
     factors = torch.tensor([antialias_factor(m) if antialias else 1 for m in matrices.numpy()], dtype=torch.long)
-    output = images.new_zeros(images.shape[0], images.shape[1], *out_size)
+    dtype = torch.float32 if images.dtype == torch.uint8 else images.dtype
+    output = torch.zeros(images.shape[0], images.shape[1], *out_size, dtype=dtype, device=images.device)
     for factor in factors.unique().tolist():
         index = (factors == factor).nonzero().squeeze(1)
-        source, matrix = images[index], _with_row(matrices[index])
+        matrix = _with_row(matrices[index])
+        # Indexing copies: a batch that shares one factor (a single frame, mostly) is used as it is.
+        source = images if len(index) == len(images) else images[index]
         if factor >= 2:
-            source = F.avg_pool2d(source, factor, ceil_mode=True, count_include_pad=False)
+            source = box_filter(source, factor)
             # pooled pixel j covers source pixels factor*j .. factor*j + factor-1, centred at:
             offset = (factor - 1) / 2.0
             to_source = torch.tensor([[factor, 0.0, offset], [0.0, factor, offset], [0.0, 0.0, 1.0]], dtype=torch.float64)
             matrix = matrix @ to_source
+        else:
+            source = _as_float(source)
         # theta maps normalised destination coords to normalised source coords.
         theta = _normalise(source.shape[-2:]) @ torch.linalg.inv(matrix) @ torch.linalg.inv(_normalise(out_size))
         grid = F.affine_grid(theta[:, :2].to(source.dtype), [len(index), source.shape[1], *out_size], align_corners=False)

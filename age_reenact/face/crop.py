@@ -209,7 +209,8 @@ def extract_crops(images: torch.Tensor, crops: FaceCrops) -> torch.Tensor:
     """Warp every crop of `crops` out of its frame: IMAGE [N, size, size, 3].
 
     Each crop reads only the region of its frame it covers, so frames may be uint8 and are never converted
-    to floats as a whole (a 24 MP photo would be 288 MB, a copy per step).
+    to floats as a whole (a 24 MP photo would be 288 MB, a copy per step); a region that is shrunk is pooled
+    from uint8 a band at a time, so even a face that fills the photo costs only its pooled copy as floats.
     """
     images = to_image_batch(images, keep_uint8=True)
     if images.shape[0] != crops.num_frames or tuple(images.shape[1:3]) != crops.frame_size:
@@ -222,8 +223,7 @@ def extract_crops(images: torch.Tensor, crops: FaceCrops) -> torch.Tensor:
         x0, y0, x1, y1 = _source_region(matrix, crops.size, crops.frame_size)
         if x1 <= x0 or y1 <= y0:
             continue  # the crop lies wholly outside its frame: black, as warping pads
-        region = images[frame, y0:y1, x0:x1]
-        region = region.float() / 255.0 if region.dtype == torch.uint8 else region
+        region = images[frame, y0:y1, x0:x1]  # a view: uint8 stays uint8, warp_affine pools it band by band
         shifted = matrix.copy()
         shifted[:, 2] += matrix[:, :2] @ [x0, y0]  # region pixels -> frame pixels -> crop pixels
         crop = warp_affine(region.permute(2, 0, 1)[None], shifted[None], (crops.size, crops.size))
