@@ -36,7 +36,8 @@ class IdentityEncoderLoader:
         return check_model("aifd", model_name)
 
     def load(self, model_name):
-        return (load_encoder(resolve_model("aifd", model_name)),)
+        # Folded once here, for inference (AIFDEncoder.fold_for_inference); training loads with load_encoder alone.
+        return (load_encoder(resolve_model("aifd", model_name)).fold_for_inference(),)
 
 
 class FaceSimilarity:

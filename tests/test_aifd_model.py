@@ -1,4 +1,6 @@
 """AIFD encoder: MTLFace TPAMI checkpoint conversion (official names and shapes), both AFD variants, IO."""
+import copy
+
 import pytest
 import torch
 
@@ -253,6 +255,33 @@ def test_channels_last_and_bf16_paths_agree_with_plain_fp32():
     assert (fp32 - reference).abs().max() < 1e-5
     assert (fp32 * bf16).sum(1).min() > 0.99 and (fp32 * cast).sum(1).min() > 0.99  # cosines with fp32
     assert (age32 - age16).abs().max() < 1.0
+
+
+@pytest.mark.parametrize("variant", AFD_VARIANTS)
+def test_folded_encoder_gives_the_unfolded_embeddings_and_ages(variant):
+    torch.manual_seed(0)
+    # Equal widths in block1 (strided and plain max-pool shortcuts), projections after it.
+    encoder = AIFDEncoder(depth=[2, 1, 1, 1], widths=[16, 16, 32, 64], embedding_dim=32, afd_variant=variant, input_size=64).eval()
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics: a fold bug cannot hide
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    folded = copy.deepcopy(encoder).fold_for_inference()
+    faces = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        embeddings = encoder(faces)
+        assert (folded(faces) - embeddings).abs().max() < 1e-5
+        assert (folded(faces[:1]) - embeddings[:1]).abs().max() < 1e-5
+        (age, groups), (age0, groups0) = folded.estimate_age(faces), encoder.estimate_age(faces)
+        cast = identity_embedding(copy.deepcopy(folded).to(torch.bfloat16), faces)
+    # The random age head turns x_age into logits of tens and group logits up to 90: relative tolerance.
+    torch.testing.assert_close((age, groups), (age0, groups0), rtol=1e-4, atol=1e-4)
+    assert (cast * embeddings).sum(1).min() > 0.99
+    # Left: the pre-activation BN of each unit, and the heads'.
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == 5 + 2
+    assert not any(p.requires_grad for p in folded.parameters())
 
 
 def _full_and_identity_only(tmp_path):

@@ -1,12 +1,14 @@
 """Dual-generator networks: official names and shapes, converters from the official files, strict loading."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from age_reenact import cli
 from age_reenact.reenact import DualGeneratorReenactor, VGGFaceIdentity
-from age_reenact.reenact.pipeline import load_reenactor
+from age_reenact.reenact.pipeline import Reenactor, load_reenactor
 from age_reenact.weights import WeightsError, build_model, convert_checkpoint, read_weights, save_weights
 
 
@@ -223,3 +225,47 @@ def test_load_reenactor_checks_the_identity_file(tmp_path):
         load_reenactor(tmp_path / "dg.safetensors", tmp_path / "dg.safetensors")
     with pytest.raises(ValueError, match="relative mode"):
         load_reenactor(tmp_path / "dg.safetensors").identity(torch.rand(1, 64, 64, 3))
+
+
+def _randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial instance-norm affines, so that a fold cannot hide behind weight 1, bias 0."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.InstanceNorm2d) and module.affine:
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    return model
+
+
+def test_folded_rfg_computes_the_unfolded_function():
+    torch.manual_seed(0)
+    # max_conv_dim 16 caps widths: blocks with and without a 1x1 shortcut, downsampling and upsampling.
+    rfg = _randomise_norms(DualGeneratorReenactor(size=64, style_dim=16, identity_dim=8, base_channels=8, max_conv_dim=16).rfg.eval())
+    folded = copy.deepcopy(rfg).fold_for_inference()
+    sketch, face = torch.rand(3, 3, 64, 64).round(), torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        style = rfg.style_encoder(face)
+        faces = rfg.generator(sketch, style)
+        assert (folded.style_encoder(face) - style).abs().max() < 1e-5
+        assert (folded.generator(sketch, style) - faces).abs().max() < 1e-5
+        assert (folded.generator(sketch[:1], style[:1]) - faces[:1]).abs().max() < 1e-5
+        bf16 = copy.deepcopy(folded).to(torch.bfloat16)
+        assert (bf16.generator(sketch, style).float() - faces).abs().max() < 0.05  # fp32 in, cast to the weights' dtype
+    kinds = [(type(b.conv1).__name__, b.conv1.stride) for b in (*folded.generator.encode, *folded.generator.decode)]
+    assert kinds == [("Conv2d", (2, 2))] * 2 + [("Conv2d", (1, 1))] * 4 + [("ConvTranspose2d", (2, 2))] * 2
+    assert not any(p.requires_grad for p in folded.parameters())
+    assert folded.generator.from_rgb.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_load_reenactor_folds_the_rfg_in_its_precision(tmp_path):
+    torch.manual_seed(0)
+    tiny = {"size": 64, "style_dim": 8, "identity_dim": 8, "identity_source": "style", "num_identities": 2, "base_channels": 4, "max_conv_dim": 8}
+    save_weights(tmp_path / "dg.safetensors", _randomise_norms(DualGeneratorReenactor(**tiny)).state_dict(), "dual_generator_reenactor", tiny)
+    plain = Reenactor(build_model(read_weights(tmp_path / "dg.safetensors")))
+    fp32, bf16 = load_reenactor(tmp_path / "dg.safetensors"), load_reenactor(tmp_path / "dg.safetensors", precision="bf16")
+    crops, sketches = torch.rand(2, 64, 64, 3), torch.rand(3, 3, 64, 64).round()
+    style = plain.style(crops)
+    faces = plain.generate(sketches, style[:1])
+    assert (fp32.style(crops) - style).abs().max() < 1e-5 and (fp32.identity(crops) - style).abs().max() < 1e-5
+    assert (fp32.generate(sketches, style[:1]) - faces).abs().max() < 1e-5
+    assert bf16.model.rfg.generator.from_rgb.weight.dtype == torch.bfloat16 and bf16.model.idsg.linear_decoder.main[0].weight.dtype == torch.float32
+    assert (bf16.generate(sketches, style[:1]) - faces).abs().max() < 0.05 and bf16.style(crops).dtype == torch.float32

@@ -8,7 +8,7 @@ versions differ in what that attended part means (paper-systems.md §3.3):
 - "tpami" (the TPAMI package, whose weights are released): X_id = X∘σ(X), X_age = X − X_id; the
   channel attention reads their *concatenation* (twice the input width of its first 1x1 conv).
 
-Either way X_id + X_age = X exactly.
+Either way X_id + X_age = X exactly. `fold_for_inference()` serves loaders (training keeps the layers as they are).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 AFD_VARIANTS = ("cvpr", "tpami")
 
@@ -52,9 +53,28 @@ class AttentionDecomposition(nn.Module):
         spatial = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
         return 0.5 * (self.channel(pooled) + self.spatial(spatial))
 
+    def fold_for_inference(self) -> AttentionDecomposition:
+        """The inference form, in place (needs eval mode): each BN folded into the convolution before it, and the
+        channel MLP's 1x1 convolutions, which see a 1x1 map, run as linear layers (in bf16 oneDNN runs that 1x1
+        convolution 7x slower than the same linear: 20 of 127 ms at batch 1). Returns self."""
+        squeeze, relu, excite, bn, sigmoid = self.channel
+        self.channel = nn.Sequential(nn.Flatten(), _as_linear(squeeze), relu, _as_linear(fuse_conv_bn_eval(excite, bn)), sigmoid, nn.Unflatten(1, (-1, 1, 1)))
+        conv, bn, sigmoid = self.spatial
+        self.spatial = nn.Sequential(fuse_conv_bn_eval(conv, bn), sigmoid)
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone maps -> (x_id, x_age), which sum to x."""
         attended = x * self.attention(x)
         if self.variant == "tpami":
             return attended, x - attended
         return x - attended, attended
+
+
+def _as_linear(conv: nn.Conv2d) -> nn.Linear:
+    """A 1x1 convolution's weights as a linear layer on the flattened [B, C] vector."""
+    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device=conv.weight.device)
+    linear.weight.data = conv.weight.detach().flatten(1).clone()
+    if conv.bias is not None:
+        linear.bias.data = conv.bias.detach().clone()
+    return linear

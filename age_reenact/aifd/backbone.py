@@ -3,7 +3,8 @@
 Attribute names and Sequential indices follow the official layout (`input_layer.0/1/2`,
 `blockN.M.res_layer.0..5`, `blockN.M.shortcut_layer.0/1`, `output_layer.0/3/4`) so converted
 checkpoints load strictly. The stem keeps full resolution; each of the four stages halves it, so a
-112 input leaves 7x7 maps.
+112 input leaves 7x7 maps. `fold_for_inference()` folds the BNs that follow convolutions into them (loaders
+only; training keeps the BNs).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 STAGES = 4
 IR_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
@@ -39,6 +41,24 @@ class BottleneckIR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class FoldedBottleneckIR(nn.Module):
+    """A BottleneckIR's inference form: the BNs after its convolutions folded into them, the identity
+    shortcut a strided view (the 1x1 max-pool copied the maps), the sum added into conv2's output in place.
+    The BN before conv1 stays: folded into a padded convolution it would change the border."""
+
+    def __init__(self, unit: BottleneckIR):
+        super().__init__()
+        bn0, conv1, bn1, prelu, conv2, bn2 = unit.res_layer
+        self.res_layer = nn.Sequential(bn0, fuse_conv_bn_eval(conv1, bn1), prelu, fuse_conv_bn_eval(conv2, bn2))
+        self.stride = conv2.stride[0]
+        projected = isinstance(unit.shortcut_layer, nn.Sequential)
+        self.shortcut_layer = fuse_conv_bn_eval(*unit.shortcut_layer) if projected else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.shortcut_layer is None else self.shortcut_layer(x)
+        return self.res_layer(x).add_(shortcut)
 
 
 def ir_stage(in_channels: int, out_channels: int, units: int) -> nn.Sequential:
@@ -91,6 +111,16 @@ class IRBackbone(nn.Module):
         for index in range(1, STAGES + 1):
             x = getattr(self, f"block{index}")(x)
         return x
+
+    def fold_for_inference(self) -> IRBackbone:
+        """This backbone's inference form, in place (FoldedBottleneckIR; the stem's BN folded too), in eval
+        mode, channels_last; returns it. For loaders only: the folded tensors no longer match the state_dict."""
+        self.eval()
+        conv, bn, prelu = self.input_layer
+        self.input_layer = nn.Sequential(fuse_conv_bn_eval(conv, bn), prelu)
+        for index in range(1, STAGES + 1):
+            setattr(self, f"block{index}", nn.Sequential(*map(FoldedBottleneckIR, getattr(self, f"block{index}"))))
+        return self.requires_grad_(False).to(memory_format=torch.channels_last)
 
     def init_weights(self) -> None:
         """He init (fan-out) for convolutions and linears, identity BNs: the insightface recipe."""

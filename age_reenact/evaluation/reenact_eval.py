@@ -147,7 +147,8 @@ def load_for_evaluation(path: str | Path, identity_path: str | Path | None = Non
         from ..aifd.encoder import load_encoder
         from ..reenact.identity import AIFDIdentity
 
-        return Reenactor(build_model(weights), AIFDIdentity(load_encoder(identity_path)), device, precision)
+        # Both folded for inference (Reenactor / AIFDEncoder.fold_for_inference), as the loader nodes do.
+        return Reenactor(build_model(weights), AIFDIdentity(load_encoder(identity_path).fold_for_inference()), device, precision, fold=True)
     if source == "vggface" and identity_path is None:
         raise WeightsError(f"{Path(path).name} takes the VGG-Face identity code: give the vggface_fc7 file with --identity-model.")
     return load_reenactor(path, identity_path if source == "vggface" else None, device, precision)
