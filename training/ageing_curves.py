@@ -41,9 +41,8 @@ def snapshots(run: Path) -> list[Path]:
     return sorted(run.glob(f"exports/step_*/{GENERATOR}")) + ([run / GENERATOR] if (run / GENERATOR).is_file() else [])
 
 
-def curve_row(name: str, path: Path, model: dict, seconds: float) -> dict:
-    """One JSON line: the file, how far its training got, the bar metrics and what they rest on."""
-    provenance = read_weights(path).provenance
+def curve_row(name: str, path: Path, provenance: dict, model: dict, seconds: float) -> dict:
+    """One JSON line: the file, how far its training got (its provenance), the bar metrics and what they rest on."""
     steps, batch = provenance.get("steps"), provenance.get("batch_size")
     eam = model["eam"][REFERENCE]  # per target group, youngest first: the last is 70+
     row = {
@@ -69,23 +68,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     folder = args.run if args.run.is_dir() else args.run.parent
     curves = args.curves or folder / "ageing_curves.jsonl"
     done = {(r["file"], r["steps"]) for r in map(json.loads, curves.read_text().splitlines())} if curves.is_file() else set()
-    pending = {}
+    pending: dict[str, tuple[Path, dict]] = {}  # name -> (file, provenance), each file's header read once
     for path in snapshots(args.run):
-        steps = read_weights(path).provenance.get("steps")
+        provenance = read_weights(path).provenance
+        steps = provenance.get("steps")
         if (str(path), steps) not in done:
-            pending[f"step_{steps:06d}" if steps is not None else path.stem] = path
+            pending[f"step_{steps:06d}" if steps is not None else path.stem] = (path, provenance)
     if not pending:
         print(f"nothing new to evaluate in {args.run} ({len(done)} in {curves})")
         return []
 
     started = time.perf_counter()
-    evaluation = AgeingEvaluation({name: load_generator(path) for name, path in pending.items()}, device=args.device)
+    evaluation = AgeingEvaluation({name: load_generator(path) for name, (path, _) in pending.items()}, device=args.device)
     summary = evaluate_ageing(
         evaluation, args.images, args.labels or args.images / "labels.csv", "test", SOURCE_GROUPS, list(evaluation.groups.names),
         limit=args.faces, real_limit=0, grid_faces=4, out_dir=folder / "ageing_curves" / list(pending)[-1],
     )
     seconds = (time.perf_counter() - started) / len(pending)
-    rows = [curve_row(name, path, summary["models"][name], seconds) for name, path in pending.items()]
+    rows = [curve_row(name, path, provenance, summary["models"][name], seconds) for name, (path, provenance) in pending.items()]
     with open(curves, "a") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     for row in rows:
