@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from age_reenact.age_groups import FFHQ_AGING_4, FFHQ_AGING_10, groups_for
 from age_reenact.agetransgan import AgeTransGAN, AgeTransGANGenerator, age_code, between_code, code_label, load_generator, sweep_codes
+from age_reenact.agetransgan.convert import infer_config, preprocessing_for
 from age_reenact.agetransgan.layers import ModulatedConv2d, upfirdn2d
-from age_reenact.weights import WeightsError, convert_checkpoint, read_weights
+from age_reenact.weights import WeightsError, convert_checkpoint, read_weights, save_weights
 
 TINY = dict(size=64, group=10, style_dim=32, n_mlp=2, channel_multiplier=1)
 
@@ -372,3 +373,25 @@ def test_small_configs_share_the_code():
         assert out.shape == (1, 3, size, size)
     with pytest.raises(ValueError, match="size"):
         AgeTransGANGenerator(size=100)
+
+
+def test_residual_output_adds_a_masked_change_and_round_trips(tmp_path):
+    """The pack's training option: output = input + sigmoid(mask) * rgb. A closed mask returns the input
+    exactly; the option survives save and load, and official-layout weights never carry it."""
+    model = tiny_model(size=64, group=10, residual_output=True).eval()
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    code, noise = torch.eye(10)[:2], model.make_noise([0, 1])
+    with torch.no_grad():
+        model.to_mask.bias.fill_(-1e4)
+        assert torch.equal(model(image, code, noise), image)
+        model.to_mask.bias.fill_(1e4)  # fully open: the decoder's RGB added to the input
+        plain = AgeTransGANGenerator(**TINY).eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("to_mask.")})
+        assert torch.allclose(model(image, code, noise), image + plain(image, code, noise), atol=1e-6)
+
+    path = tmp_path / "residual.safetensors"
+    config = {**TINY, "lr_mlp": 0.01, "residual_output": True}
+    save_weights(path, model.state_dict(), "agetransgan_generator", config, preprocessing_for(config))
+    loaded = load_generator(path)
+    assert loaded.residual_output and infer_config(loaded.state_dict())["residual_output"] is True
+    assert "residual_output" not in infer_config(plain.state_dict())

@@ -204,10 +204,11 @@ def test_mi_loss_is_zero_for_identical_inputs_and_reaches_the_generator(setup_fi
     assert all(p.grad is None for p in task.mi.parameters())  # E_A stays frozen
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_two_steps_lower_the_losses(setup_files, tmp_path, seed):
-    """Each player lowers its losses against the other held where it started."""
-    task, ctx = tiny_task(setup_files, tmp_path, seed, lr=0.001)
+@pytest.mark.parametrize("seed, residual", [(0, False), (1, False), (0, True)])
+def test_two_steps_lower_the_losses(setup_files, tmp_path, seed, residual):
+    """Each player lowers its losses against the other held where it started (with --residual-output too)."""
+    task, ctx = tiny_task(setup_files, tmp_path, seed, lr=0.001, residual_output=residual)
+    assert task.g_config.get("residual_output", False) is residual and hasattr(task.g_ema, "to_mask") is residual
     real = task.faces.crops([0, 1, 2, 3]) * 2 - 1
     groups = task.face_groups[:4]
     target, noise = task.draw(groups, torch.Generator().manual_seed(1))

@@ -75,6 +75,8 @@ class AgeTransGANTask(Task):
         else:
             chosen = {"size": args.size, "style_dim": args.style_dim, "n_mlp": args.n_mlp, "channel_multiplier": args.channel_multiplier}
             self.g_config = {**PRESETS[args.preset], **{k: v for k, v in chosen.items() if v is not None}, "group": 10, "lr_mlp": 0.01}
+            if args.residual_output:
+                self.g_config["residual_output"] = True
         self.groups = groups_for(self.g_config["group"])
 
     def setup(self, ctx: Context) -> None:
@@ -269,6 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--style-dim", type=int, help="widest channel count and w size; overrides the preset")
     model.add_argument("--n-mlp", type=int, help="mapping network depth; overrides the preset")
     model.add_argument("--channel-multiplier", type=float, help="widths above 32 px; overrides the preset")
+    model.add_argument("--residual-output", action="store_true",
+                       help="the generator adds a masked change to its input instead of drawing the whole face (from scratch only)")
     model.add_argument("--d-width", type=int, help="discriminator width (default: the generator's style dim)")
     model.add_argument("--init-generator", help="fine-tune this generator (.safetensors or official .pt); its config wins")
     model.add_argument("--init-discriminator", help="start the discriminator from a discriminator.safetensors of an earlier run")

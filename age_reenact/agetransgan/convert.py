@@ -42,7 +42,7 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     scales = len({m.group(1) for k in state_dict if (m := re.match(r"to_rgbs\.(\d+)\.bias$", k))})
     size = 2 ** (scales + 4)
     multiplier = stem.shape[0] * size / (style_dim * 32)
-    return {
+    config = {
         "size": size,
         "group": int(stem.shape[1]) - 3,
         "style_dim": style_dim,
@@ -50,6 +50,9 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         "channel_multiplier": int(multiplier) if float(multiplier).is_integer() else multiplier,
         "lr_mlp": 0.01,
     }
+    if "to_mask.bias" in state_dict:  # this pack's residual training option; official files never have it
+        config["residual_output"] = True
+    return config
 
 
 def preprocessing_for(config: dict[str, Any]) -> dict[str, Any]:

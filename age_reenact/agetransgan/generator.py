@@ -6,6 +6,12 @@ the official release, so its `g_ema` state_dict loads strictly.
         -> convs_ei -> identity map (the decoder's input, in place of StyleGAN2's constant)
         -> convs_es -> final_conv -> 4x4 mean -> mapping `style` -> one w for every layer
     decoder: conv1 at 16x16, then (upsample conv, conv, ToRGB) per scale up to `size`.
+
+`residual_output` (a training-config option of this pack; official checkpoints never have it) makes the
+decoder's RGB a change added to the input under a soft mask read from the last features:
+    output = image + sigmoid(to_mask(features)) * rgb
+so a generator trained from scratch starts at the identity map instead of a blur, and keeps the face's
+identity while it learns what ageing changes (the small-data, CPU-budget recipe; docs/results).
 """
 from __future__ import annotations
 
@@ -34,7 +40,10 @@ def channel_widths(size: int, style_dim: int, channel_multiplier: float) -> dict
 
 @register_architecture("agetransgan_generator")
 class AgeTransGANGenerator(nn.Module):
-    def __init__(self, size: int = 1024, group: int = 10, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: float = 2, lr_mlp: float = 0.01):
+    def __init__(
+        self, size: int = 1024, group: int = 10, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: float = 2, lr_mlp: float = 0.01,
+        residual_output: bool = False,
+    ):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"AgeTransGAN size must be one of {SIZES}, got {size}")
@@ -66,6 +75,9 @@ class AgeTransGANGenerator(nn.Module):
             self.convs.append(StyledConv(out_channels, out_channels, 3, style_dim))
             self.to_rgbs.append(ToRGB(out_channels, style_dim))
             in_channels = out_channels
+        self.residual_output = residual_output
+        if residual_output:
+            self.to_mask = ToRGB(in_channels, style_dim, upsample=False, channels=1)
 
         # The official code registers StyleGAN2's fixed-noise buffers with 4x4-start shapes that do not fit
         # this 16x16-start decoder; they are never used, only kept so official files load strictly.
@@ -118,4 +130,6 @@ class AgeTransGANGenerator(nn.Module):
             out = self.convs[2 * i](out, w_latent, noise[1 + 2 * i])
             out = self.convs[2 * i + 1](out, w_latent, noise[2 + 2 * i])
             skip = to_rgb(out, w_latent, skip)
+        if self.residual_output:
+            return image + torch.sigmoid(self.to_mask(out, w_latent)) * skip
         return skip

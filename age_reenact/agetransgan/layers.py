@@ -274,14 +274,15 @@ class StyledConv(nn.Module):
 
 
 class ToRGB(nn.Module):
-    """Modulated 1x1 conv to RGB (no demodulation), added to the upsampled RGB skip of the previous scale."""
+    """Modulated 1x1 conv to RGB (no demodulation), added to the upsampled RGB skip of the previous scale.
+    `channels` 1 makes the residual generator's mask head (see AgeTransGANGenerator)."""
 
-    def __init__(self, in_channels: int, style_dim: int, upsample: bool = True):
+    def __init__(self, in_channels: int, style_dim: int, upsample: bool = True, channels: int = 3):
         super().__init__()
         if upsample:
             self.upsample = Upsample()
-        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
-        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.conv = ModulatedConv2d(in_channels, channels, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         out = self.conv(x, style, self.bias.view(-1))
