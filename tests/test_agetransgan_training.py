@@ -23,7 +23,7 @@ from age_reenact.weights import build_model, read_weights, save_weights
 from training.__main__ import build_parser
 from training.age_group_data import parse_group, read_group_items
 from training.agetransgan import AgeTransGANTask
-from training.agetransgan_losses import discriminator_losses, generator_losses
+from training.agetransgan_losses import discriminator_losses, generator_losses, low_pass_view
 from training.diffaugment import diff_augment, parse_policy
 from training.engine import Context, RunConfig
 
@@ -290,3 +290,16 @@ def test_ageing_curves_append_one_line_per_new_snapshot(setup_files, tmp_path):
     assert len((run / "ageing_curves.jsonl").read_text().splitlines()) == 2
     assert (run / "ageing_curves" / "step_000002" / "ageing_examples.png").is_file()
     assert curves([str(run), "--images", str(faces)]) == []  # nothing new: nothing measured twice
+
+
+def test_low_pass_view_removes_pixel_speckle_and_passes_gradients():
+    """The estimator's view under --estimator-low-pass: same shape, a flat face stays flat, a one-pixel
+    checkerboard (the speckle an estimator can be fooled with) is mostly gone, and gradients reach the input."""
+    flat = torch.full((2, 3, 64, 64), 0.3)
+    assert torch.allclose(low_pass_view(flat, torch.Generator().manual_seed(0)), flat, atol=1e-5)
+    ys, xs = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    speckle = (((ys + xs) % 2) * 2 - 1).float().expand(2, 3, 64, 64).clone().requires_grad_(True)
+    seen = low_pass_view(speckle, torch.Generator().manual_seed(0), smallest=0.5)
+    assert seen.shape == speckle.shape and seen.abs().mean() < 0.35 * speckle.abs().mean()
+    seen.sum().backward()
+    assert speckle.grad is not None and speckle.grad.abs().sum() > 0

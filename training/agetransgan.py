@@ -9,7 +9,9 @@ their union (train rows only; the val rows give the sample faces). Each step tur
 random other groups and back (losses: training/agetransgan_losses.py), then updates the discriminator on the
 sources and the generated faces; `--diffaugment` passes everything the discriminator reads through
 DiffAugment (training/diffaugment.py), a training option only: the exported generator is the same network.
-The EMA generator is what is sampled, evaluated and exported. Sample grids (rows = faces of the val split,
+`--residual-output` (the generator adds a masked change to its input; stored in the exported config) and
+`--estimator-low-pass` (the estimator reads a blurred view of the outputs) make the recipe that trains on a
+2-core CPU (docs/results/agetransgan_training.md). The EMA generator is what is sampled, evaluated and exported. Sample grids (rows = faces of the val split,
 spread over the list, columns = the input then the groups) go to samples/.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from age_reenact.labels import labelled_sources
 from age_reenact.weights import build_model, read_weights, save_weights
 
 from .age_group_data import read_group_items
-from .agetransgan_losses import EstimatorGroupLoss, LossWeights, discriminator_losses, generator_losses, weighted_sum
+from .agetransgan_losses import EstimatorGroupLoss, LossWeights, discriminator_losses, generator_losses, low_pass_view, weighted_sum
 from .diffaugment import diff_augment, parse_policy
 from .engine import Context, RunConfig, Task, run, training_command
 from .face_data import AlignedFaces
@@ -170,8 +172,9 @@ class AgeTransGANTask(Task):
         discriminator.requires_grad_(False)  # the generator step reads D without training it
         mi = self.mi if w.mi > 0 else None
         augment = partial(diff_augment, policy=self.args.diffaugment, generator=rng) if self.args.diffaugment else None
+        view = partial(low_pass_view, generator=rng) if self.args.estimator_low_pass else None
         with ctx.autocast():
-            g_losses, fake = generator_losses(self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment)
+            g_losses, fake = generator_losses(self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view)
         g_total = weighted_sum(g_losses, {"adversarial": w.adversarial, "age_d": w.age_d, "cycle": w.cycle, "age_estimator": w.age_estimator, "mi": w.mi})
         self.g_optimizer.zero_grad(set_to_none=True)
         g_total.backward()
@@ -243,7 +246,7 @@ class AgeTransGANTask(Task):
         return {
             "task": "agetransgan", "data": ", ".join(args.images), "labels": ", ".join(args.labels or []), "steps": ctx.step,
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
-            "diffaugment": ",".join(args.diffaugment),
+            "diffaugment": ",".join(args.diffaugment), "estimator_low_pass": args.estimator_low_pass,
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
             "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": training_command(),
         }
@@ -283,6 +286,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     losses.add_argument("--adversarial-weight", type=float, default=1.0)
     losses.add_argument("--cls-weight", type=float, default=1.0, help="the discriminator's age classifier (real faces and outputs)")
     losses.add_argument("--estimator-weight", type=float, default=1.0)
+    losses.add_argument("--estimator-low-pass", action="store_true",
+                        help="the frozen estimator reads the outputs at a random lower resolution (against adversarial speckle)")
     losses.add_argument("--cycle-weight", type=float, default=10.0)
     losses.add_argument("--r1", type=float, default=1.0, help="R1 gamma (0 = off)")
     losses.add_argument("--r1-every", type=int, default=16)

@@ -7,6 +7,7 @@ Generator, for a source I_s of group s turned into Î_t = G(I_s, t) and back, Ĩ
     cycle          |Ĩ_s - I_s|_1                              back to the source group
     mi             1 - cos(E_A(I_s), E_A(Î_t))               the frozen AIFD encoder, on the 112 resize
 Discriminator: softplus(D(Î_t, t)) + softplus(-D(I_s, s)) + CE(C_a(I_s), s), plus lazy R1 on the reals.
+With `estimator_view` (`low_pass_view`) the frozen estimator reads the outputs at a random lower resolution.
 Every weight is a field of `LossWeights`. With `augment` (DiffAugment, training/diffaugment.py) D reads every
 real and generated face, in both players' terms, through it.
 """
@@ -65,6 +66,16 @@ class EstimatorGroupLoss(nn.Module):
         return -(probabilities.gather(1, target[:, None])[:, 0].clamp(min=1e-6)).log().mean()
 
 
+def low_pass_view(faces: torch.Tensor, generator: torch.Generator | None = None, smallest: float = 0.35) -> torch.Tensor:
+    """The faces as a lower-resolution photo shows them: the batch resized down to a random share of its side
+    (`smallest` to 1, antialiased) and back up. A frozen estimator read through it rewards age cues that survive
+    blur, not the pixel-level speckle a residual generator otherwise learns to move the estimator with."""
+    side = faces.shape[-1]
+    small = max(8, round(side * (smallest + (1 - smallest) * torch.rand((), generator=generator).item())))
+    down = F.interpolate(faces, size=(small, small), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(down, size=(side, side), mode="bilinear", align_corners=False)
+
+
 def generator_losses(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -76,6 +87,7 @@ def generator_losses(
     mi: MILoss | None,
     group_count: int,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    estimator_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Unweighted generator loss terms (fp32 scalars) and the generated faces Î_t (not augmented).
 
@@ -91,7 +103,7 @@ def generator_losses(
     }
     # The frozen networks resize with antialiasing, which CPU autocast has no bf16 kernel for.
     if estimator is not None:
-        losses["age_estimator"] = estimator(fake.float(), target_group)
+        losses["age_estimator"] = estimator(fake.float() if estimator_view is None else estimator_view(fake.float()), target_group)
     if mi is not None:
         losses["mi"] = mi(source, fake.float())
     return losses, fake

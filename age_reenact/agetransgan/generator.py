@@ -11,7 +11,7 @@ the official release, so its `g_ema` state_dict loads strictly.
 decoder's RGB a change added to the input under a soft mask read from the last features:
     output = image + sigmoid(to_mask(features)) * rgb
 so a generator trained from scratch starts at the identity map instead of a blur, and keeps the face's
-identity while it learns what ageing changes (the small-data, CPU-budget recipe; docs/results).
+identity while it learns what ageing changes (the CPU-budget recipe: docs/results/agetransgan_training.md).
 """
 from __future__ import annotations
 
