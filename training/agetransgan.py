@@ -11,8 +11,9 @@ sources and the generated faces; `--diffaugment` passes everything the discrimin
 DiffAugment (training/diffaugment.py), a training option only: the exported generator is the same network.
 `--residual-output` (the generator adds a masked change to its input; stored in the exported config) and
 `--estimator-low-pass` (the estimator reads a blurred view of the outputs) make the recipe that trains on a
-2-core CPU (docs/results/agetransgan_training.md). The EMA generator is what is sampled, evaluated and exported. Sample grids (rows = faces of the val split,
-spread over the list, columns = the input then the groups) go to samples/.
+2-core CPU (docs/results/agetransgan_training.md). The EMA generator is what is sampled, evaluated and
+exported. Sample grids (rows = faces of the val split, spread over the list, columns = the input then the
+groups) go to samples/.
 """
 from __future__ import annotations
 
