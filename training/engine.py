@@ -223,8 +223,8 @@ def run(task: Task, config: RunConfig) -> dict[str, float]:
                 bar.update(1)
                 for key, value in losses.items():
                     running.setdefault(key, []).append(value)
-                evaluate = ctx.step % config.eval_every == 0 or ctx.step == config.steps
-                if evaluate or ctx.step % config.log_every == 0:  # evaluation steps need not be logging steps
+                evaluate = (config.eval_every and ctx.step % config.eval_every == 0) or ctx.step == config.steps
+                if evaluate or (config.log_every and ctx.step % config.log_every == 0):  # evaluation steps need not be logging steps
                     row = ctx.mean_over_processes({k: sum(v) / len(v) for k, v in running.items()})
                     running = {}
                     row["images_per_s"] = config.batch_size * (ctx.step - logged_step) / max(1e-9, time.perf_counter() - started)
@@ -236,7 +236,7 @@ def run(task: Task, config: RunConfig) -> dict[str, float]:
                     if ctx.is_main:
                         with open(ctx.out_dir / "metrics.jsonl", "a") as log:
                             log.write(json.dumps(history[-1]) + "\n")
-                if ctx.is_main and (ctx.step % config.checkpoint_every == 0 or ctx.step in (config.steps, config.stop_at)):
+                if ctx.is_main and ((config.checkpoint_every and ctx.step % config.checkpoint_every == 0) or ctx.step in (config.steps, config.stop_at)):
                     save_checkpoint(ctx, task, history)
                 if ctx.is_main and config.export_every and ctx.step % config.export_every == 0 and ctx.step < config.steps:
                     task.export(ctx, ctx.out_dir / "exports" / f"step_{ctx.step:06d}")

@@ -240,7 +240,10 @@ def identity_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    """|grad of each input's score|^2, the score being the mean of its logits: the quantity the loss averages.
+    (A patch discriminator's summed logits would scale the penalty by the patch count squared, 256x256 at
+    128 px, and pin the discriminator at chance.)"""
+    (grad,) = torch.autograd.grad(logits.reshape(len(logits), -1).mean(1).sum(), inputs, create_graph=True)
     return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
