@@ -1,5 +1,5 @@
 """AgeTransGAN training: the CMP discriminator, the data layouts and several sources, DiffAugment, the losses
-(MI included), steps that lower the losses, the launcher's exported files and snapshots, resume, DDP and the
+(MI and the prototype guide included), steps that lower the losses, the launcher's exported files and snapshots, resume, DDP and the
 bar-metric curves. Tiny random models on copies of fixture faces."""
 import copy
 import csv
@@ -23,7 +23,7 @@ from age_reenact.weights import build_model, read_weights, save_weights
 from training.__main__ import build_parser
 from training.age_group_data import parse_group, read_group_items
 from training.agetransgan import AgeTransGANTask
-from training.agetransgan_losses import discriminator_losses, generator_losses, low_pass_view
+from training.agetransgan_losses import PrototypeGuide, discriminator_losses, generator_losses, group_prototypes, low_pass_view
 from training.diffaugment import diff_augment, parse_policy
 from training.engine import Context, RunConfig
 
@@ -303,3 +303,34 @@ def test_low_pass_view_removes_pixel_speckle_and_passes_gradients():
     assert seen.shape == speckle.shape and seen.abs().mean() < 0.35 * speckle.abs().mean()
     seen.sum().backward()
     assert speckle.grad is not None and speckle.grad.abs().sum() > 0
+
+
+def test_group_prototypes_are_mirrored_group_means():
+    faces = torch.rand(6, 3, 8, 8)
+    groups = torch.tensor([0, 1, 1, 2, 2, 2]).numpy()
+    prototypes = group_prototypes(lambda index: faces[index], groups, 3, chunk=4)  # chunks split group 2
+    for g in range(3):
+        members = faces[torch.from_numpy(groups == g)]
+        expected = torch.cat([members, members.flip(-1)]).mean(0) * 2 - 1
+        assert torch.allclose(prototypes[g], expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"age groups \[3\]"):
+        group_prototypes(lambda index: faces[index], groups, 4)
+
+
+def test_prototype_guide_is_zero_on_the_scaled_prototype_change_and_reaches_the_generator(setup_files, tmp_path):
+    torch.manual_seed(0)
+    prototypes = torch.rand(10, 3, 64, 64) * 2 - 1
+    guide = PrototypeGuide(prototypes, scale=1.5, sigma=2.0)
+    source = torch.rand(2, 3, 64, 64) * 2 - 1
+    source_group, target_group = torch.tensor([5, 7]), torch.tensor([0, 9])
+    moved = source + 1.5 * (prototypes[target_group] - prototypes[source_group])
+    assert guide(moved, source, source_group, target_group).item() == pytest.approx(0.0, abs=1e-5)
+    assert guide(source, source, source_group, target_group).item() > 0.1
+
+    task, _ = tiny_task(setup_files, tmp_path)
+    real = task.faces.crops([0, 1, 2, 3]) * 2 - 1
+    groups = task.face_groups[:4]
+    target, noise = task.draw(groups, torch.Generator().manual_seed(0))
+    losses, _ = generator_losses(task.g, task.d, real, groups, target, noise, None, None, 10, prototype=guide)
+    losses["prototype"].backward()
+    assert sum(p.grad.abs().sum() for p in task.g.parameters() if p.grad is not None) > 0

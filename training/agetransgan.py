@@ -9,9 +9,10 @@ their union (train rows only; the val rows give the sample faces). Each step tur
 random other groups and back (losses: training/agetransgan_losses.py), then updates the discriminator on the
 sources and the generated faces; `--diffaugment` passes everything the discriminator reads through
 DiffAugment (training/diffaugment.py), a training option only: the exported generator is the same network.
-`--residual-output` (the generator adds a masked change to its input; stored in the exported config) and
-`--estimator-low-pass` (the estimator reads a blurred view of the outputs) make the recipe that trains on a
-2-core CPU (docs/results/agetransgan_training.md). The EMA generator is what is sampled, evaluated and
+`--residual-output` (the generator adds a masked change to its input; stored in the exported config),
+`--estimator-low-pass` (the estimator reads a blurred view of the outputs) and `--prototype-weight` (the coarse
+change follows the difference of the groups' mean faces) make the recipe that trains on a 2-core CPU
+(docs/results/agetransgan_training.md). The EMA generator is what is sampled, evaluated and
 exported. Sample grids (rows = faces of the val split, spread over the list, columns = the input then the
 groups) go to samples/.
 """
@@ -40,7 +41,9 @@ from age_reenact.labels import labelled_sources
 from age_reenact.weights import build_model, read_weights, save_weights
 
 from .age_group_data import read_group_items
-from .agetransgan_losses import EstimatorGroupLoss, LossWeights, discriminator_losses, generator_losses, low_pass_view, weighted_sum
+from .agetransgan_losses import (
+    EstimatorGroupLoss, LossWeights, PrototypeGuide, discriminator_losses, generator_losses, group_prototypes, low_pass_view, weighted_sum,
+)
 from .diffaugment import diff_augment, parse_policy
 from .engine import Context, RunConfig, Task, run, training_command
 from .face_data import AlignedFaces
@@ -64,7 +67,7 @@ class AgeTransGANTask(Task):
         self.args = args
         self.weights = LossWeights(
             adversarial=args.adversarial_weight, age_d=args.cls_weight, age_d_real=args.cls_weight, age_estimator=args.estimator_weight,
-            cycle=args.cycle_weight, mi=args.mi_weight, r1=args.r1, r1_every=args.r1_every,
+            cycle=args.cycle_weight, mi=args.mi_weight, prototype=args.prototype_weight, r1=args.r1, r1_every=args.r1_every,
         )
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -137,6 +140,11 @@ class AgeTransGANTask(Task):
         elif ctx.is_main and w.age_estimator > 0:
             print("no --estimator: the frozen estimator's age loss is off (only the discriminator's classifier guides age)")
         self.mi = MILoss(load_encoder(args.identity_encoder)).to(ctx.device) if args.identity_encoder else None
+        self.prototype = None
+        if w.prototype > 0:
+            crops = lambda index: self.faces.crops(self.train_index[index])  # noqa: E731
+            prototypes = group_prototypes(crops, self.face_groups[self.train_index].numpy(), self.groups.count)
+            self.prototype = PrototypeGuide(prototypes, args.prototype_scale, args.prototype_blur).to(ctx.device)
         if w.mi > 0 and self.mi is None and ctx.is_main:
             print("no --identity-encoder: the MI loss is off")
 
@@ -175,8 +183,11 @@ class AgeTransGANTask(Task):
         augment = partial(diff_augment, policy=self.args.diffaugment, generator=rng) if self.args.diffaugment else None
         view = partial(low_pass_view, generator=rng) if self.args.estimator_low_pass else None
         with ctx.autocast():
-            g_losses, fake = generator_losses(self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view)
-        g_total = weighted_sum(g_losses, {"adversarial": w.adversarial, "age_d": w.age_d, "cycle": w.cycle, "age_estimator": w.age_estimator, "mi": w.mi})
+            g_losses, fake = generator_losses(
+                self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view, self.prototype
+            )
+        g_total = weighted_sum(g_losses, {"adversarial": w.adversarial, "age_d": w.age_d, "cycle": w.cycle, "age_estimator": w.age_estimator, "mi": w.mi,
+                                          "prototype": w.prototype})
         self.g_optimizer.zero_grad(set_to_none=True)
         g_total.backward()
         self.g_optimizer.step()
@@ -248,6 +259,7 @@ class AgeTransGANTask(Task):
             "task": "agetransgan", "data": ", ".join(args.images), "labels": ", ".join(args.labels or []), "steps": ctx.step,
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
             "diffaugment": ",".join(args.diffaugment), "estimator_low_pass": args.estimator_low_pass,
+            "prototype_scale": args.prototype_scale, "prototype_blur": args.prototype_blur,
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
             "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": training_command(),
         }
@@ -290,6 +302,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     losses.add_argument("--estimator-low-pass", action="store_true",
                         help="the frozen estimator reads the outputs at a random lower resolution (against adversarial speckle)")
     losses.add_argument("--cycle-weight", type=float, default=10.0)
+    losses.add_argument("--prototype-weight", type=float, default=0.0,
+                        help="prototype guide: the output's blurred change follows the difference of the target and source groups' mean faces (0 = off)")
+    losses.add_argument("--prototype-scale", type=float, default=1.5, help="the prototype guide's factor on that difference")
+    losses.add_argument("--prototype-blur", type=float, default=2.0, help="the prototype guide's Gaussian sigma in px")
     losses.add_argument("--r1", type=float, default=1.0, help="R1 gamma (0 = off)")
     losses.add_argument("--r1-every", type=int, default=16)
     losses.add_argument("--diffaugment", type=parse_policy, default=(), metavar="POLICIES",

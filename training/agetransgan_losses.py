@@ -6,6 +6,7 @@ Generator, for a source I_s of group s turned into Î_t = G(I_s, t) and back, Ĩ
     age_estimator  -log P_est(group t | Î_t)                  the frozen age estimator's group probability
     cycle          |Ĩ_s - I_s|_1                              back to the source group
     mi             1 - cos(E_A(I_s), E_A(Î_t))               the frozen AIFD encoder, on the 112 resize
+    prototype      |blur(Î_t - I_s) - k blur(P_t - P_s)|_1     P_g: the mean aligned training face of group g
 Discriminator: softplus(D(Î_t, t)) + softplus(-D(I_s, s)) + CE(C_a(I_s), s), plus lazy R1 on the reals.
 With `estimator_view` (`low_pass_view`) the frozen estimator reads the outputs at a random lower resolution.
 Every weight is a field of `LossWeights`. With `augment` (DiffAugment, training/diffaugment.py) D reads every
@@ -16,12 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from age_reenact.aifd.mi_loss import MILoss
 from age_reenact.estimator.predict import AgeEstimator, prepare, readouts
+from age_reenact.filters import gaussian_blur
 
 
 @dataclass
@@ -32,6 +35,7 @@ class LossWeights:
     age_estimator: float = 1.0
     cycle: float = 10.0
     mi: float = 1.0
+    prototype: float = 0.0
     r1: float = 1.0  # gamma: the penalty is gamma / 2 * |grad D(real)|^2
     r1_every: int = 16  # lazy regularisation: every N steps, scaled by N
 
@@ -76,6 +80,44 @@ def low_pass_view(faces: torch.Tensor, generator: torch.Generator | None = None,
     return F.interpolate(down, size=(side, side), mode="bilinear", align_corners=False)
 
 
+class PrototypeGuide(nn.Module):
+    """|blur(Î_t - I_s) - scale * blur(P_t - P_s)|_1: the output's coarse change follows the difference between
+    the mean aligned faces of the target and source groups (Burt & Perrett's prototype ageing, 1995), scaled.
+
+    A per-face target the frozen estimator's gradient cannot provide: on aligned crops the prototypes'
+    difference is the change in shading, colour and feature size that ageing brings on average, and a
+    residual generator led by the estimator alone learns adversarial patches instead
+    (docs/results/agetransgan_training.md). The blur leaves fine detail to the other losses."""
+
+    def __init__(self, prototypes: torch.Tensor, scale: float = 1.5, sigma: float = 2.0):
+        """prototypes: [G, 3, S, S] mean faces in [-1, 1]."""
+        super().__init__()
+        self.sigma, self.scale = sigma, scale
+        self.register_buffer("blurred", gaussian_blur(prototypes.float(), sigma))
+
+    def forward(self, fake: torch.Tensor, source: torch.Tensor, source_group: torch.Tensor, target_group: torch.Tensor) -> torch.Tensor:
+        change = gaussian_blur(fake.float() - source.float(), self.sigma)
+        wanted = self.scale * (self.blurred[target_group] - self.blurred[source_group])
+        return (change - wanted).abs().mean()
+
+
+def group_prototypes(crops: Callable[[np.ndarray], torch.Tensor], groups: np.ndarray, count: int, chunk: int = 512) -> torch.Tensor:
+    """Mean face of each group [count, 3, S, S] in [-1, 1], mirrored copies included (the training flips
+    faces, so the target must not lean left or right). `crops(indices)` gives faces in 0..1."""
+    sums, totals = None, np.zeros(count)
+    for start in range(0, len(groups), chunk):
+        faces = crops(np.arange(start, min(start + chunk, len(groups))))
+        faces = faces + faces.flip(-1)
+        part = torch.from_numpy(groups[start : start + chunk]).long()
+        summed = torch.zeros(count, *faces.shape[1:]).index_add_(0, part, faces)
+        sums = summed if sums is None else sums + summed
+        totals += 2 * np.bincount(part.numpy(), minlength=count)
+    if (totals == 0).any():
+        missing = [g for g in range(count) if totals[g] == 0]
+        raise ValueError(f"no training faces in age groups {missing}: the prototype guide needs every group")
+    return sums / torch.from_numpy(totals).float()[:, None, None, None] * 2 - 1
+
+
 def generator_losses(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -88,6 +130,7 @@ def generator_losses(
     group_count: int,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     estimator_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prototype: PrototypeGuide | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Unweighted generator loss terms (fp32 scalars) and the generated faces Î_t (not augmented).
 
@@ -106,6 +149,8 @@ def generator_losses(
         losses["age_estimator"] = estimator(fake.float() if estimator_view is None else estimator_view(fake.float()), target_group)
     if mi is not None:
         losses["mi"] = mi(source, fake.float())
+    if prototype is not None:
+        losses["prototype"] = prototype(fake, source, source_group, target_group)
     return losses, fake
 
 

@@ -7,12 +7,13 @@ recompressed faces.
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from age_reenact.filters import gaussian_blur
 
 
 def _chosen(b: int, share: float, generator: torch.Generator | None) -> list[int]:
@@ -21,16 +22,6 @@ def _chosen(b: int, share: float, generator: torch.Generator | None) -> list[int
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
     return low + (high - low) * float(torch.rand(1, generator=generator))
-
-
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
-    padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
-    blurred = F.conv2d(F.conv2d(padded, kernel, groups=3), kernel.transpose(2, 3), groups=3)
-    return blurred[0]
 
 
 def _jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
@@ -55,7 +46,7 @@ def degrade(crops: torch.Tensor, generator: torch.Generator | None, settings: di
         shrunk = F.interpolate(out[k : k + 1], size=(small, small), mode="bilinear", antialias=True, align_corners=False)
         out[k] = F.interpolate(shrunk, size=(size, size), mode="bilinear", align_corners=False)[0]
     for k in _chosen(len(out), settings.get("blur", 0.0), generator):
-        out[k] = _gaussian_blur(out[k], _uniform(0.3, settings.get("max_sigma", 1.5), generator))
+        out[k] = gaussian_blur(out[k][None], _uniform(0.3, settings.get("max_sigma", 1.5), generator), "reflect")[0]
     low, high = settings.get("quality", (30, 90))
     for k in _chosen(len(out), settings.get("jpeg", 0.0), generator):
         out[k] = _jpeg(out[k], round(_uniform(low, high, generator)))

@@ -1,12 +1,12 @@
 """Paste processed face crops back into their frames through the exact inverse warp, with a feathered mask."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..filters import gaussian_blur
 from ..images import to_image_batch
 from .align import similarity_transform, transform_points, warp_affine
 from .crop import FaceCrops, extract_crops
@@ -46,15 +46,6 @@ def face_outline(landmarks: np.ndarray, points5: np.ndarray) -> np.ndarray:
     return _convex_hull(np.concatenate([landmarks[:17], landmarks[17:27], forehead]))
 
 
-def _gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=mask.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    mask = F.conv2d(F.pad(mask, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(mask, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-
-
 def crop_masks(crops: FaceCrops, size: int | None = None, feather: float = 0.06) -> torch.Tensor:
     """Soft face masks in crop space [N, 1, size, size]: 1 inside the face outline, fading to 0 at its edge.
 
@@ -79,7 +70,7 @@ def crop_masks(crops: FaceCrops, size: int | None = None, feather: float = 0.06)
     mask = mask * border
     if feather > 0 and len(mask):
         # Blurring then stretching [0.5, 1] to [0, 1] keeps the whole fade inside the shape.
-        mask = (2.0 * _gaussian_blur(mask, feather * size / 2.0) - 1.0).clamp(0.0, 1.0)
+        mask = (2.0 * gaussian_blur(mask, feather * size / 2.0) - 1.0).clamp(0.0, 1.0)
     return mask
 
 
