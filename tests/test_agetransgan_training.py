@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, ROOT
-from age_reenact.agetransgan.convert import load_generator
+from age_reenact.agetransgan.convert import load_generator, preprocessing_for
 from age_reenact.agetransgan.discriminator import AgeTransGANDiscriminator
 from age_reenact.aifd.encoder import PREPROCESSING as AIFD_PREPROCESSING
 from age_reenact.aifd.encoder import AIFDEncoder
@@ -334,3 +334,12 @@ def test_prototype_guide_is_zero_on_the_scaled_prototype_change_and_reaches_the_
     losses, _ = generator_losses(task.g, task.d, real, groups, target, noise, None, None, 10, prototype=guide)
     losses["prototype"].backward()
     assert sum(p.grad.abs().sum() for p in task.g.parameters() if p.grad is not None) > 0
+
+
+def test_residual_output_refuses_a_whole_face_generator_to_start_from(setup_files, tmp_path):
+    task, _ = tiny_task(setup_files, tmp_path)
+    whole_face = tmp_path / "whole_face.safetensors"
+    save_weights(whole_face, task.g_ema.state_dict(), "agetransgan_generator", task.g_config, preprocessing_for(task.g_config))
+    args = build_parser().parse_args(options(setup_files, tmp_path / "again", "--init-generator", str(whole_face), "--residual-output"))
+    with pytest.raises(ValueError, match="no mask head"):
+        AgeTransGANTask(args).configure()

@@ -78,6 +78,11 @@ class AgeTransGANTask(Task):
         self.initial = load_generator(args.init_generator).train() if args.init_generator else None
         if self.initial is not None:
             self.g_config = infer_config(self.initial.state_dict())
+            if args.residual_output and not self.g_config.get("residual_output"):
+                raise ValueError(
+                    f"--residual-output: {args.init_generator} synthesises whole faces and has no mask head to fine-tune; "
+                    "drop --residual-output, or start from a generator trained with it."
+                )
         else:
             chosen = {"size": args.size, "style_dim": args.style_dim, "n_mlp": args.n_mlp, "channel_multiplier": args.channel_multiplier}
             self.g_config = {**PRESETS[args.preset], **{k: v for k, v in chosen.items() if v is not None}, "group": 10, "lr_mlp": 0.01}
