@@ -376,12 +376,15 @@ def test_small_configs_share_the_code():
 
 
 def test_residual_output_adds_a_masked_change_and_round_trips(tmp_path):
-    """The pack's training option: output = input + sigmoid(mask) * rgb. A closed mask returns the input
-    exactly; the option survives save and load, and official-layout weights never carry it."""
+    """The pack's training option: output = input + sigmoid(mask) * rgb. A new model and a closed mask return
+    the input exactly; the option survives save and load, and official-layout weights never carry it."""
     model = tiny_model(size=64, group=10, residual_output=True).eval()
     image = torch.rand(2, 3, 64, 64) * 2 - 1
     code, noise = torch.eye(10)[:2], model.make_noise([0, 1])
     with torch.no_grad():
+        assert torch.equal(model(image, code, noise), image)  # the change starts at zero
+        for to_rgb in (model.to_rgb1, *model.to_rgbs):
+            to_rgb.conv.weight.normal_()
         model.to_mask.bias.fill_(-1e4)
         assert torch.equal(model(image, code, noise), image)
         model.to_mask.bias.fill_(1e4)  # fully open: the decoder's RGB added to the input
