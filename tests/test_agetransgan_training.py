@@ -347,3 +347,21 @@ def test_residual_output_refuses_a_whole_face_generator_to_start_from(setup_file
     args = build_parser().parse_args(options(setup_files, tmp_path / "again", "--init-generator", str(whole_face), "--residual-output"))
     with pytest.raises(ValueError, match="no mask head"):
         AgeTransGANTask(args).configure()
+
+
+def test_freeze_mask_keeps_the_mask_half_open_while_the_change_learns(setup_files, tmp_path):
+    task, ctx = tiny_task(setup_files, tmp_path, lr=0.001, residual_output=True, freeze_mask=True)
+    mask = {k: v.clone() for k, v in task.g.to_mask.state_dict().items()}
+    real = task.faces.crops([0, 1, 2, 3]) * 2 - 1
+    groups = task.face_groups[:4]
+    code = torch.nn.functional.one_hot((groups + 1) % 10, 10).float()
+    noise = task.g.make_noise([0, 1, 2, 3])
+    assert torch.equal(task.g(real, code, noise), real)
+    for step in range(2):
+        ctx.step = step
+        task.update(ctx, real, groups, torch.Generator().manual_seed(1))
+    assert all(torch.equal(v, task.g.to_mask.state_dict()[k]) for k, v in mask.items())
+    assert (task.g(real, code, noise) - real).abs().mean() > 0
+    args = build_parser().parse_args(options(setup_files, tmp_path / "plain", "--freeze-mask"))
+    with pytest.raises(ValueError, match="residual"):
+        AgeTransGANTask(args).setup(Context(RunConfig(out_dir=str(tmp_path / "plain"), steps=1, batch_size=4, bf16=False)))

@@ -132,10 +132,14 @@ class AgeTransGANTask(Task):
             discriminator = build_model(weights).train()
         else:
             discriminator = AgeTransGANDiscriminator(**self.d_config)
+        if args.freeze_mask:
+            if not self.g_config.get("residual_output"):
+                raise ValueError("--freeze-mask needs a residual generator (--residual-output)")
+            generator.to_mask.requires_grad_(False)
         self.g_ema = copy.deepcopy(generator).eval().requires_grad_(False).to(ctx.device)
         self.g = ctx.wrap(generator)
         self.d = ctx.wrap(discriminator)
-        self.g_optimizer = torch.optim.Adam(self.g.parameters(), lr=args.lr, betas=ADAM_BETAS)
+        self.g_optimizer = torch.optim.Adam([p for p in self.g.parameters() if p.requires_grad], lr=args.lr, betas=ADAM_BETAS)
         # Lazy R1: the discriminator's Adam is rescaled for the extra update every r1_every steps (StyleGAN2).
         ratio = w.r1_every / (w.r1_every + 1) if w.r1 > 0 else 1.0
         self.d_optimizer = torch.optim.Adam(self.d.parameters(), lr=args.lr * ratio, betas=tuple(b**ratio for b in ADAM_BETAS))
@@ -264,7 +268,7 @@ class AgeTransGANTask(Task):
             "task": "agetransgan", "data": ", ".join(args.images), "labels": ", ".join(args.labels or []), "steps": ctx.step,
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
             "diffaugment": ",".join(args.diffaugment), "estimator_low_pass": args.estimator_low_pass,
-            "prototype_scale": args.prototype_scale, "prototype_blur": args.prototype_blur,
+            "prototype_scale": args.prototype_scale, "prototype_blur": args.prototype_blur, "freeze_mask": args.freeze_mask,
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
             "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": training_command(),
         }
@@ -294,6 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--channel-multiplier", type=float, help="widths above 32 px; overrides the preset")
     model.add_argument("--residual-output", action="store_true",
                        help="the generator adds a masked change to its input instead of drawing the whole face (from scratch only)")
+    model.add_argument("--freeze-mask", action="store_true",
+                       help="with --residual-output: the mask stays half open everywhere (an additive change), so it cannot close early")
     model.add_argument("--d-width", type=int, help="discriminator width (default: the generator's style dim)")
     model.add_argument("--init-generator", help="fine-tune this generator (.safetensors or official .pt); its config wins")
     model.add_argument("--init-discriminator", help="start the discriminator from a discriminator.safetensors of an earlier run")

@@ -78,10 +78,11 @@ class AgeTransGANGenerator(nn.Module):
         self.residual_output = residual_output
         if residual_output:
             self.to_mask = ToRGB(in_channels, style_dim, upsample=False, channels=1)
-            # Start with no change (the output is the input): against a random first change, training closes
-            # the mask, and through a saturated sigmoid nothing reopens it (docs/results/agetransgan_training.md).
-            for to_rgb in (self.to_rgb1, *self.to_rgbs):
-                nn.init.zeros_(to_rgb.conv.weight)
+            # Start with no change (the output is the input) and the mask half open everywhere: against a random
+            # first change, training closes the mask, and through a saturated sigmoid nothing reopens it
+            # (docs/results/agetransgan_training.md).
+            for head in (self.to_rgb1, *self.to_rgbs, self.to_mask):
+                nn.init.zeros_(head.conv.weight)
 
         # The official code registers StyleGAN2's fixed-noise buffers with 4x4-start shapes that do not fit
         # this 16x16-start decoder; they are never used, only kept so official files load strictly.
