@@ -162,10 +162,11 @@ def test_identical_output_has_zero_identity_distance_and_zero_nme(einstein):
     # What the evaluation sees: the crop upscaled to 256 for detection, landmarks scaled back.
     frame = to_uint8(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], scale_factor=2, mode="bicubic", align_corners=False)[0].permute(1, 2, 0))
     face = max(detector.detect(frame), key=lambda f: f.area)
-    found, distance, nme = measure_output(crop, face.landmarks / 2, dlib_embedding(frame, face), detector)
-    assert found and distance == pytest.approx(0.0, abs=1e-6) and nme == pytest.approx(0.0, abs=1e-9)
+    measured = measure_output(crop, face.landmarks / 2, dlib_embedding(frame, face), detector)
+    assert measured.found and measured.identity_distance == pytest.approx(0.0, abs=1e-6) and measured.nme == pytest.approx(0.0, abs=1e-9)
+    assert np.allclose(measured.landmarks, face.landmarks / 2)
     lost = measure_output(torch.zeros(128, 128, 3), face.landmarks / 2, dlib_embedding(frame, face), detector)
-    assert lost[0] is False and np.isnan(lost[1]) and np.isnan(lost[2])
+    assert lost.found is False and np.isnan(lost.identity_distance) and np.isnan(lost.nme) and lost.landmarks is None
 
 
 def test_pairs_are_different_people_and_fixed_by_the_seed():
@@ -177,9 +178,37 @@ def test_pairs_are_different_people_and_fixed_by_the_seed():
 
 
 def test_summary_counts_missing_output_faces_as_failures():
-    rows = [PairResult("lfw_test", "s", "d", True, 0.4, 0.8, 0.05), PairResult("lfw_test", "s", "d", False, float("nan"), 0.8, float("nan"))]
+    rows = [PairResult("lfw_test", "s", "d", True, 0.4, 0.8, 0.05, driver_distance=0.7),
+            PairResult("lfw_test", "s", "d", False, float("nan"), 0.8, float("nan"))]
     summary = summarize(rows)["all"]
     assert summary["identity_kept"] == 0.5 and summary["pose_followed"] == 0.5 and summary["mean_nme"] == pytest.approx(0.05)
+    assert summary["closer_to_source"] == 0.5 and summary["mean_output_driver_distance"] == pytest.approx(0.7)
+
+
+def test_head_turn_and_mouth_opening_follow_the_landmarks(einstein):
+    from age_reenact.evaluation.reenact_eval import head_turn, mouth_opening
+
+    _, points = einstein
+    frontal = points.astype(np.float64)
+    mirrored = frontal.copy()
+    mirrored[:, 0] = -mirrored[:, 0]
+    mirrored = mirrored[FLIP_68]  # the mirror image's own point order
+    assert head_turn(mirrored) == pytest.approx(-head_turn(frontal), abs=1e-9)
+    turned = frontal.copy()
+    turned[30, 0] += 10.0  # the nose tip moves towards point 16
+    assert head_turn(turned) > head_turn(frontal)
+    opened = frontal.copy()
+    opened[[65, 66, 67], 1] += 6.0  # the lower inner lip drops
+    assert mouth_opening(opened) > mouth_opening(frontal) >= 0
+
+
+def test_summary_correlates_driver_and_output_motion():
+    turns = [-0.2, -0.1, 0.0, 0.1, 0.2]
+    rows = [PairResult("lfw_test", "s", "d", True, 0.4, 0.8, 0.05, 0.9, t, 0.5 * t, m, m) for t, m in zip(turns, [0.0, 0.3, 0.1, 0.2, 0.4])]
+    summary = summarize(rows)["all"]
+    assert summary["head_turn_r"] == pytest.approx(1.0) and summary["mouth_opening_r"] == pytest.approx(1.0)
+    assert summary["closer_to_source"] == 1.0
+    assert np.isnan(summarize(rows[:2])["all"]["head_turn_r"])  # too few pairs
 
 
 @pytest.mark.parametrize("architecture", ["age_resnet", "aifd_encoder"])

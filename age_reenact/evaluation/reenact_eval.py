@@ -9,7 +9,10 @@ gives its S x S face crop; then
 - identity: dlib's embedding distance between the source photo's face and the output's face (the same
   person below 0.6, dlib's threshold); the source-driver distance is given for reference;
 - pose: NME of the 68 landmarks detected on the output vs the target landmarks its sketch was drawn
-  from, in units of the target's inter-ocular distance (eye centres, as `Face.inter_ocular`).
+  from, in units of the target's inter-ocular distance (eye centres, as `Face.inter_ocular`);
+- agreement with the driver: the output's distance to the driver (a kept identity is closer to the source),
+  and the correlation over pairs of head turn and mouth opening read off the driver's and the output's
+  landmarks (`head_turn`, `mouth_opening`).
 An output without a detectable face fails both. Faces are detected with dlib HOG (68 points); outputs
 smaller than 256 px are upscaled for detection, and their landmarks scaled back.
 """
@@ -46,6 +49,11 @@ class PairResult:
     identity_distance: float  # source vs output; NaN when the output has no detectable face
     source_driver_distance: float
     nme: float  # NaN when the output has no detectable face
+    driver_distance: float = float("nan")  # driver vs output
+    driver_turn: float = float("nan")  # head_turn of the driver's face
+    output_turn: float = float("nan")
+    driver_mouth: float = float("nan")  # mouth_opening of the driver's face
+    output_mouth: float = float("nan")
 
     @property
     def identity_kept(self) -> bool:
@@ -60,6 +68,22 @@ def inter_ocular(landmarks: np.ndarray) -> float:
     """Distance of the eye centres (means of points 36-41 and 42-47) of iBUG-68 landmarks."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     return float(np.linalg.norm(landmarks[42:48].mean(0) - landmarks[36:42].mean(0)))
+
+
+def head_turn(landmarks: np.ndarray) -> float:
+    """Yaw proxy of iBUG-68 landmarks: the nose tip's (30) offset from the middle of the jaw's ends (0, 16), as a
+    share of their distance; 0 for a frontal face, the sign gives the side."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    left, right = landmarks[0], landmarks[16]
+    axis = right - left
+    return float(np.dot(landmarks[30] - (left + right) / 2, axis) / max(np.dot(axis, axis), 1e-9))
+
+
+def mouth_opening(landmarks: np.ndarray) -> float:
+    """Mean gap between the inner lips (61-67, 62-66, 63-65) over the inter-ocular distance."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    gap = np.linalg.norm(landmarks[[61, 62, 63]] - landmarks[[67, 66, 65]], axis=-1).mean()
+    return float(gap / max(inter_ocular(landmarks), 1e-9))
 
 
 def landmark_nme(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -118,9 +142,20 @@ class _Faces:
         return frame, self.cache[path]
 
 
-def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: np.ndarray, detector: FaceDetector) -> tuple[bool, float, float]:
-    """One output crop IMAGE [S, S, 3] and its target landmarks (crop px) -> (face found, identity
-    distance to the source embedding, landmark NME)."""
+@dataclass
+class OutputFace:
+    """What `measure_output` reads off an output crop; distances and NME are NaN when no face is found."""
+
+    found: bool
+    identity_distance: float  # to the source embedding
+    nme: float
+    landmarks: np.ndarray | None = None  # crop px
+    embedding: np.ndarray | None = None
+
+
+def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: np.ndarray, detector: FaceDetector) -> OutputFace:
+    """One output crop IMAGE [S, S, 3] and its target landmarks (crop px) -> its face, identity distance to
+    the source embedding and landmark NME."""
     size = output.shape[0]
     scale = max(1.0, DETECTION_SIZE / size)
     image = output.permute(2, 0, 1)[None]
@@ -129,9 +164,10 @@ def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: n
     frame = to_uint8(image[0].permute(1, 2, 0))
     faces = choose_faces(detector.detect(frame), "largest", 0, 0)
     if not faces:
-        return False, float("nan"), float("nan")
-    distance = identity_distance(source_embedding, dlib_embedding(frame, faces[0]))
-    return True, distance, landmark_nme(faces[0].landmarks / scale, target)
+        return OutputFace(False, float("nan"), float("nan"))
+    embedding = dlib_embedding(frame, faces[0])
+    landmarks = faces[0].landmarks / scale
+    return OutputFace(True, identity_distance(source_embedding, embedding), landmark_nme(landmarks, target), landmarks, embedding)
 
 
 def load_for_evaluation(path: str | Path, identity_path: str | Path | None = None, device: str = "cpu", precision: str = "fp32"):
@@ -189,9 +225,15 @@ def evaluate_reenactor(
             )
             target = out.landmarks[0] * reenactor.size
             source_embedding = dlib_embedding(source_frame, source_face)
-            found, distance, nme = measure_output(out.images[0], target, source_embedding, detector)
-            reference = identity_distance(source_embedding, dlib_embedding(driver_frame, driver_face))
-            results.append(PairResult(name, paths[i].name, paths[j].name, found, distance, reference, nme))
+            face = measure_output(out.images[0], target, source_embedding, detector)
+            driver_embedding = dlib_embedding(driver_frame, driver_face)
+            result = PairResult(name, paths[i].name, paths[j].name, face.found, face.identity_distance,
+                                identity_distance(source_embedding, driver_embedding), face.nme,
+                                driver_turn=head_turn(driver_face.landmarks), driver_mouth=mouth_opening(driver_face.landmarks))
+            if face.found:
+                result.driver_distance = identity_distance(driver_embedding, face.embedding)
+                result.output_turn, result.output_mouth = head_turn(face.landmarks), mouth_opening(face.landmarks)
+            results.append(result)
             if len(strips) < examples:
                 strips.append(_example_strip(source_frame, driver_frame, out.sketches[0], out.images[0]))
             done += 1
@@ -214,8 +256,18 @@ def _example_strip(source: np.ndarray, driver: np.ndarray, sketch: torch.Tensor,
     return torch.cat([resized(source), resized(driver), sketch, output], dim=1).clamp(0, 1)
 
 
+def _correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson r; NaN for fewer than 3 pairs or a constant side."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def summarize(results: list[PairResult]) -> dict[str, dict]:
-    """Per dataset and "all": pairs, output faces found, identity kept, mean distances, pose followed, mean NME."""
+    """Per dataset and "all": pairs, output faces found, identity kept, mean distances, the share of outputs
+    closer to the source than to the driver, pose followed, mean NME, head-turn and mouth-opening correlation
+    with the driver."""
     groups = {name: [r for r in results if r.dataset == name] for name in dict.fromkeys(r.dataset for r in results)}
     groups["all"] = results
     summary = {}
@@ -229,6 +281,10 @@ def summarize(results: list[PairResult]) -> dict[str, dict]:
             "identity_kept": sum(r.identity_kept for r in rows) / len(rows),
             "mean_identity_distance": float(np.mean([r.identity_distance for r in found])) if found else float("nan"),
             "mean_source_driver_distance": float(np.mean([r.source_driver_distance for r in rows])),
+            "mean_output_driver_distance": float(np.mean([r.driver_distance for r in found])) if found else float("nan"),
+            "closer_to_source": sum(r.identity_distance < r.driver_distance for r in found) / len(rows),
+            "head_turn_r": _correlation([r.driver_turn for r in found], [r.output_turn for r in found]),
+            "mouth_opening_r": _correlation([r.driver_mouth for r in found], [r.output_mouth for r in found]),
             "pose_followed": sum(r.pose_followed for r in rows) / len(rows),
             "mean_nme": float(np.mean([r.nme for r in found])) if found else float("nan"),
             "both": sum(r.identity_kept and r.pose_followed for r in rows) / len(rows),
@@ -248,9 +304,13 @@ def summary_table(summary: dict[str, dict]) -> str:
         )
     if "all" in summary:
         m = summary["all"]
+        closer = m["mean_identity_distance"] < m["mean_output_driver_distance"]
         lines += [
             "",
             f"- identity kept for at least {IDENTITY_BAR:.0%} of pairs: {'PASS' if m['identity_kept'] >= IDENTITY_BAR else 'FAIL'} ({m['identity_kept']:.1%})",
+            f"- on average closer to the source than to the driver: {'PASS' if closer else 'FAIL'} (distance {m['mean_identity_distance']:.3f} "
+            f"to the source, {m['mean_output_driver_distance']:.3f} to the driver; {m['closer_to_source']:.1%} of pairs closer to the source)",
+            f"- agreement with the driver, correlation over pairs: head turn r = {m['head_turn_r']:.2f}, mouth opening r = {m['mouth_opening_r']:.2f}",
             f"- mean NME at most {NME_BAR}: {'PASS' if m['mean_nme'] <= NME_BAR else 'FAIL'} ({m['mean_nme']:.4f}; {m['pose_followed']:.1%} of pairs within it)",
         ]
     return "\n".join(lines)
