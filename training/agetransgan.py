@@ -299,7 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--residual-output", action="store_true",
                        help="the generator adds a masked change to its input instead of drawing the whole face (from scratch only)")
     model.add_argument("--freeze-mask", action="store_true",
-                       help="with --residual-output: the mask stays half open everywhere (an additive change), so it cannot close early")
+                       help="with --residual-output: the mask head is not trained; from scratch it stays half open everywhere (an additive change)")
     model.add_argument("--d-width", type=int, help="discriminator width (default: the generator's style dim)")
     model.add_argument("--init-generator", help="fine-tune this generator (.safetensors or official .pt); its config wins")
     model.add_argument("--init-discriminator", help="start the discriminator from a discriminator.safetensors of an earlier run")
