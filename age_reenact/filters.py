@@ -1,4 +1,5 @@
-"""Separable Gaussian blur of [B, C, H, W] tensors: paste-back masks, photo degradation, low-pass targets."""
+"""Low-pass filters of [B, C, H, W] tensors: Gaussian blur (paste-back masks, photo degradation, the prototype
+guide) and a round trip through a lower resolution (photo degradation, the estimator's low-pass view)."""
 from __future__ import annotations
 
 import math
@@ -16,3 +17,10 @@ def gaussian_blur(images: torch.Tensor, sigma: float, padding: str = "replicate"
     padded = F.pad(images, (radius, radius, radius, radius), mode=padding)
     rows = F.conv2d(padded, kernel, groups=images.shape[1])
     return F.conv2d(rows, kernel.transpose(2, 3), groups=images.shape[1])
+
+
+def through_resolution(images: torch.Tensor, small: int) -> torch.Tensor:
+    """The images as a `small` px photo shows them: resized down (antialiased) and back to their size (bilinear)."""
+    size = tuple(images.shape[-2:])
+    down = F.interpolate(images, size=(small, small), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(down, size=size, mode="bilinear", align_corners=False)

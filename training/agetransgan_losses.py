@@ -24,7 +24,7 @@ from torch import nn
 
 from age_reenact.aifd.mi_loss import MILoss
 from age_reenact.estimator.predict import AgeEstimator, prepare, readouts
-from age_reenact.filters import gaussian_blur
+from age_reenact.filters import gaussian_blur, through_resolution
 
 
 @dataclass
@@ -74,10 +74,8 @@ def low_pass_view(faces: torch.Tensor, generator: torch.Generator | None = None,
     """The faces as a lower-resolution photo shows them: the batch resized down to a random share of its side
     (`smallest` to 1, antialiased) and back up. A frozen estimator read through it rewards age cues that survive
     blur, not the pixel-level speckle a residual generator otherwise learns to move the estimator with."""
-    side = faces.shape[-1]
-    small = max(8, round(side * (smallest + (1 - smallest) * torch.rand((), generator=generator).item())))
-    down = F.interpolate(faces, size=(small, small), mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(down, size=(side, side), mode="bilinear", align_corners=False)
+    small = max(8, round(faces.shape[-1] * (smallest + (1 - smallest) * torch.rand((), generator=generator).item())))
+    return through_resolution(faces, small)
 
 
 class PrototypeGuide(nn.Module):

@@ -10,10 +10,9 @@ import io
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from age_reenact.filters import gaussian_blur
+from age_reenact.filters import gaussian_blur, through_resolution
 
 
 def _chosen(b: int, share: float, generator: torch.Generator | None) -> list[int]:
@@ -43,8 +42,7 @@ def degrade(crops: torch.Tensor, generator: torch.Generator | None, settings: di
     size = crops.shape[-1]
     for k in _chosen(len(out), settings.get("downscale", 0.0), generator):
         small = round(_uniform(settings.get("min_size", 24), size, generator))
-        shrunk = F.interpolate(out[k : k + 1], size=(small, small), mode="bilinear", antialias=True, align_corners=False)
-        out[k] = F.interpolate(shrunk, size=(size, size), mode="bilinear", align_corners=False)[0]
+        out[k] = through_resolution(out[k : k + 1], small)[0]
     for k in _chosen(len(out), settings.get("blur", 0.0), generator):
         out[k] = gaussian_blur(out[k][None], _uniform(0.3, settings.get("max_sigma", 1.5), generator), "reflect")[0]
     low, high = settings.get("quality", (30, 90))

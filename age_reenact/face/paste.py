@@ -1,7 +1,6 @@
 """Paste processed face crops back into their frames through the exact inverse warp, with a feathered mask."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
