@@ -166,7 +166,8 @@ def _demo(args: argparse.Namespace) -> None:
     from .images import to_image_batch
     from .reenact.pipeline import load_reenactor
 
-    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), None, args.device, args.precision)
+    identity = args.identity_model and _model_file("aifd", args.identity_model)
+    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), identity, args.device, args.precision)
     ager = AgeTransGAN.create(load_generator(_model_file("agetransgan", args.agetransgan)), args.device, args.precision)
     source, driver = load_image(args.source), load_image(args.driver)
     settings = ChainSettings(order=args.order, mode=args.mode, seed=args.seed)
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mode", choices=MODES, default="relative", help="absolute needs the reenactor's identity code")
     demo.add_argument("--agetransgan", default=BUNDLED["agetransgan"], help="file, or a name in the agetransgan folders")
     demo.add_argument("--reenactor", default=BUNDLED["reenactor"], help="file, or a name in the reenactor folders")
+    demo.add_argument("--identity-model", help="the identity encoder of the absolute mode (the AIFD encoder for the pack's reenactor): file, or a name in the aifd folders")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     demo.add_argument("--seed", type=int, default=0)

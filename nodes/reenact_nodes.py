@@ -11,13 +11,22 @@ from .comfy_services import Progress, check_model, model_files, model_input, res
 
 CATEGORY = "AgeReenact/reenactor"
 FAMILY = "reenactor"
+IDENTITY_FAMILY = "aifd"
 NO_IDENTITY = "none"
+
+
+def _identity_file(name: str):
+    """An identity encoder from the reenactor folders (VGG-Face files), else from the AIFD folders."""
+    if name in model_files(FAMILY):
+        return resolve_model(FAMILY, name)
+    return resolve_model(IDENTITY_FAMILY, name)
 
 
 class ReenactorLoader:
     DESCRIPTION = (
-        "Loads a dual-generator reenactor (shape generator + face generator). Official models need a VGG-Face "
-        "identity file for the absolute mode; without one only the relative mode works."
+        "Loads a dual-generator reenactor (shape generator + face generator). Its absolute mode needs an identity "
+        "encoder: a VGG-Face file for official models, the AIFD encoder for the pack's models; without one only "
+        "the relative mode works."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -30,7 +39,7 @@ class ReenactorLoader:
         return {
             "required": {
                 "model_name": model_input(FAMILY, "A dual-generator reenactor"),
-                "identity_model": ([NO_IDENTITY] + model_files(FAMILY), {"default": NO_IDENTITY, "tooltip": "VGG-Face identity file for official models' absolute mode (`age-reenact convert vggface_dag vgg_face_dag.pth vggface_fc7.safetensors`, into models/reenactor/); 'none' for relative mode only."}),
+                "identity_model": ([NO_IDENTITY] + model_files(FAMILY) + model_files(IDENTITY_FAMILY), {"default": NO_IDENTITY, "tooltip": "Identity encoder for the absolute mode: for official models the VGG-Face file (`age-reenact convert vggface_dag vgg_face_dag.pth vggface_fc7.safetensors`, into models/reenactor/); for the pack's models the AIFD encoder (models/aifd/). 'none': relative mode only."}),
                 "precision": (list(PRECISIONS), {"default": "fp32", "tooltip": "Face generator precision: bf16/fp16 are faster on GPUs; fp16 needs a GPU."}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device (the GPU when there is one)."}),
             }
@@ -41,7 +50,7 @@ class ReenactorLoader:
         return check_model(FAMILY, model_name)
 
     def load(self, model_name, identity_model, precision, device):
-        identity = None if identity_model == NO_IDENTITY else resolve_model(FAMILY, identity_model)
+        identity = None if identity_model == NO_IDENTITY else _identity_file(identity_model)
         return (load_reenactor(resolve_model(FAMILY, model_name), identity, torch_device(device), precision),)
 
 

@@ -63,9 +63,9 @@ def test_300_frames_at_256_px_in_chunks(reenactor, einstein, monkeypatch):
     batches, calls = [], []
     generate = reenactor.generate
 
-    def spy(sketches, style):
+    def spy(sketches, style, warped=None):
         batches.append(len(sketches))
-        return generate(sketches, style)
+        return generate(sketches, style, warped)
 
     monkeypatch.setattr(reenactor, "generate", spy)
     result = reenact(reenactor, image, video, mode="absolute", smoothing=0.3, source_landmarks=points, driving_landmarks=tracks, chunk_size=16, progress=lambda done, total: calls.append((done, total)))

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from age_reenact.images import to_uint8
 from age_reenact.reenact.pipeline import load_reenactor
 from age_reenact.weights import read_weights
 from training.face_data import FLIP_68, AlignedFaces
-from training.reenactor import PatchDiscriminator, r1_penalty, reenactor_items
+from training.reenactor import FaceItem, PatchDiscriminator, ReenactorTask, r1_penalty, reenactor_items
 
 
 def fgnet_folder(root, rows, photo=None):
@@ -237,6 +238,24 @@ def test_perceptual_term_uses_a_frozen_project_network(tmp_path, architecture):
     assert architecture in loss.name
 
 
+def test_load_reenactor_takes_the_aifd_encoder_for_models_trained_on_its_codes(tmp_path):
+    from age_reenact.aifd.encoder import AIFDEncoder
+    from age_reenact.reenact import DualGeneratorReenactor
+    from age_reenact.weights import save_weights
+
+    encoder = {"depth": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "embedding_dim": 64, "input_size": 64}
+    save_weights(tmp_path / "aifd.safetensors", AIFDEncoder(**encoder).state_dict(), "aifd_encoder", encoder)
+    tiny = {"size": 64, "style_dim": 8, "identity_dim": 64, "identity_source": "aifd", "num_identities": 2, "base_channels": 4, "max_conv_dim": 8, "source_warp": True}
+    save_weights(tmp_path / "dg.safetensors", DualGeneratorReenactor(**tiny).state_dict(), "dual_generator_reenactor", tiny)
+    reenactor = load_reenactor(tmp_path / "dg.safetensors", tmp_path / "aifd.safetensors")
+    codes = reenactor.identity(torch.rand(2, 64, 64, 3))
+    assert codes.shape == (2, 64) and torch.allclose(codes.norm(dim=1), torch.ones(2), atol=1e-4)
+    with pytest.raises(ValueError, match="AIFD identity encoder"):
+        load_reenactor(tmp_path / "dg.safetensors").identity(torch.rand(1, 64, 64, 3))
+    with pytest.raises(Exception, match="aifd_encoder"):
+        load_reenactor(tmp_path / "dg.safetensors", tmp_path / "dg.safetensors")
+
+
 def test_aifd_identity_takes_reenactor_crops():
     from age_reenact.aifd.encoder import AIFDEncoder
     from age_reenact.reenact.identity import AIFDIdentity
@@ -409,3 +428,34 @@ def test_patch_discriminator_learns_under_its_r1_penalty():
         loss.backward()
         optimizer.step()
     assert loss.item() < 1.2
+
+
+def test_source_warp_run_starts_from_a_reenactor_file_and_exports_a_warp_guided_model(tiny_data, straight_run, tmp_path):
+    start, _ = straight_run
+    history = train(tiny_data, tmp_path, "--steps", "2", "--source-warp", "--init-reenactor", str(start / "reenactor.safetensors"),
+                    "--shape-batch-size", "16", "--shape-steps", "2", "--lip-weight", "3")
+    assert [r["step"] for r in history] == [1, 2] and all(np.isfinite(r["l1"]) and np.isfinite(r["shape_rec"]) for r in history)
+    weights = read_weights(tmp_path / "reenactor.safetensors", ("dual_generator_reenactor",))
+    assert weights.config["source_warp"] is True and weights.provenance["init_reenactor"] == "reenactor.safetensors"
+    assert "warp-guided" in (tmp_path / "MODEL_CARD.md").read_text()
+    reenactor = load_reenactor(tmp_path / "reenactor.safetensors")
+    assert reenactor.model.rfg.generator.from_rgb.in_channels == 6
+    # The shape generator came from the file (two steps at lr 0.003 move it only a little).
+    initial = read_weights(start / "reenactor.safetensors", ("dual_generator_reenactor",)).state_dict
+    key = "idsg.linear_decoder.main.0.weight"
+    assert (weights.state_dict[key] - initial[key]).abs().mean() < (initial[key]).abs().mean()
+
+
+def test_shape_batches_take_the_identity_code_of_another_photo():
+    """A face's own code carries its pose: the shape generator must get another photo's (see _shape_batch)."""
+    task = ReenactorTask.__new__(ReenactorTask)
+    task.args = type("Args", (), {"shape_batch_size": 64, "self_share": 0.0})()
+    people = [0, 0, 1, 1, 1, -1]
+    items = [FaceItem(Path(f"{n}.jpg"), person, "train", "lfw") for n, person in enumerate(people)]
+    landmarks = np.random.default_rng(0).uniform(40, 80, (len(people), 68, 2))
+    task.index_faces(items, AlignedFaces.from_arrays(items, "reenactor", 32, np.zeros((len(people), 64, 64, 3), np.uint8), landmarks))
+    task.aifd, task.pair_codes = object(), torch.arange(5, dtype=torch.float32)[:, None] * 10  # code = 10 x the face's number
+    index, codes = task._shape_batch(type("Ctx", (), {"device": torch.device("cpu")})(), torch.Generator().manual_seed(0))
+    partner = codes[:, 0].numpy() / 10
+    assert set(index) <= {0, 1, 2, 3, 4} and not np.any(partner == index)
+    assert all(people[int(a)] == people[int(b)] for a, b in zip(index, partner))

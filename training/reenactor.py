@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from age_reenact.aifd.encoder import load_encoder
 from age_reenact.aifd.similarity import UNIT, encoder_input
@@ -60,6 +61,7 @@ from age_reenact.reenact.convert import PREPROCESSING
 from age_reenact.reenact.identity import AIFDIdentity
 from age_reenact.reenact.model import DualGeneratorReenactor
 from age_reenact.reenact.sketch import rebuild_eyelids, render_sketches
+from age_reenact.reenact.warp import warp_to_landmarks
 from age_reenact.weights import build_model, read_weights, save_weights
 
 from .engine import Context, RunConfig, Task, _unwrap, run, training_command
@@ -111,15 +113,32 @@ def reenactor_items(
 
 
 class FaceReconstructor(nn.Module):
-    """The face generator as trained, sketch + style image -> face, so DDP sees one forward per step."""
+    """The face generator as trained, sketch + style image (+ that image warped to the sketch, for
+    --source-warp) -> face, so DDP sees one forward per step."""
 
     def __init__(self, rfg: nn.Module):
         super().__init__()
         self.rfg = rfg
 
-    def forward(self, sketches: torch.Tensor, style_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, sketches: torch.Tensor, style_images: torch.Tensor, warped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         style = self.rfg.style_encoder(style_images)
-        return self.rfg.generator(sketches, style), style
+        return self.rfg.generator(sketches, style, warped), style
+
+
+def draw_faces(rfg: nn.Module, sources: torch.Tensor, source_points: np.ndarray, target_points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sources [B, 3, S, S] with their landmarks, and target landmarks (both [B, 68, 2] in crop px) -> (the
+    sketches of the targets, rfg's faces): the inference path of samples and validation."""
+    size = sources.shape[-1]
+    sketches = render_sketches(target_points, size).to(sources.device)
+    warped = source_warp_images(sources, source_points, target_points) if rfg.generator.source_warp else None
+    return sketches, rfg.generator(sketches, rfg.style_encoder(sources), warped).float()
+
+
+def source_warp_images(images: torch.Tensor, points: np.ndarray, target_points: np.ndarray) -> torch.Tensor:
+    """Images [B, 3, S, S] whose landmarks are `points` warped onto `target_points` (both [B, 68, 2], crop px)."""
+    size = images.shape[-1]
+    as_tensor = lambda p: torch.as_tensor(np.asarray(p) / size, dtype=torch.float32, device=images.device)  # noqa: E731
+    return warp_to_landmarks(images, as_tensor(points), as_tensor(target_points))
 
 
 class PatchDiscriminator(nn.Module):
@@ -228,9 +247,11 @@ class PerceptualLoss(nn.Module):
         return loss / len(self.stages)
 
 
-def point_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean per-point Euclidean distance of flattened landmark sets [B, 136]."""
-    return (a - b).view(len(a), -1, 2).norm(dim=-1).mean()
+def point_error(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-point Euclidean distance of flattened landmark sets [B, 136], optionally weighted per point [68]
+    (weights with mean 1 keep the scale)."""
+    distances = (a - b).view(len(a), -1, 2).norm(dim=-1)
+    return (distances * weights).mean() if weights is not None else distances.mean()
 
 
 def identity_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -256,6 +277,10 @@ class ReenactorTask(Task):
         self.size = self.preset["size"]
         self.jitter_target = {**JITTER_TARGET, "elastic": args.elastic}
         self.jitter_copy = {**JITTER_COPY, "elastic": args.elastic}
+        self.jitter_style = dict(JITTER_STYLE)
+        if args.source_warp:  # the warp carries the source's colours through: no colour changes for it to undo
+            for jitter in (self.jitter_copy, self.jitter_style):
+                jitter.pop("color"), jitter.pop("grey", None)
 
     # ---- data -------------------------------------------------------------------------------------
     def _setup_data(self, ctx: Context) -> None:
@@ -301,28 +326,29 @@ class ReenactorTask(Task):
             "left_out": int((~found).sum()),
         }
 
-    def partners(self, index: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    def partners(self, index: np.ndarray, generator: torch.Generator, self_share: float = 0.0) -> np.ndarray:
         """Another photo of the same person for faces of a paired person (but the face itself for a random
-        --self-share of them); the face itself for copies. A face partnered with itself gets an augmented copy
+        `self_share` of them); the face itself for copies. A face partnered with itself gets an augmented copy
         as its style image."""
         out = index.copy()
         paired = self.identity[index] >= 0
-        if self.args.self_share:
-            paired &= torch.rand(len(index), generator=generator).numpy() >= self.args.self_share
+        if self_share:
+            paired &= torch.rand(len(index), generator=generator).numpy() >= self_share
         for row in np.flatnonzero(paired):
             others = self.same_person[self.identity[index[row]]]
             others = others[others != index[row]]
             out[row] = others[int(torch.randint(len(others), (1,), generator=generator))]
         return out
 
-    def style_images(self, index: np.ndarray, partner: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    def style_images(self, index: np.ndarray, partner: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, np.ndarray]:
+        """The rows' style images [B, 3, S, S] and their landmarks [B, 68, 2] (crop px)."""
         copies = partner == index
         images = torch.empty(len(index), 3, self.size, self.size)
-        if (~copies).any():
-            images[torch.from_numpy(~copies)] = self.faces.crops(partner[~copies], generator, JITTER_STYLE)
-        if copies.any():
-            images[torch.from_numpy(copies)] = self.faces.crops(index[copies], generator, self.jitter_copy)
-        return images
+        points = np.empty((len(index), 68, 2))
+        for rows, faces, jitter in ((~copies, partner, self.jitter_style), (copies, index, self.jitter_copy)):
+            if rows.any():
+                images[torch.from_numpy(rows)], points[rows] = self.faces.crops_with_landmarks(faces[rows], generator, jitter)
+        return images, points
 
     def normalised_landmarks(self, index: np.ndarray) -> torch.Tensor:
         """Aligned landmarks as the shape generator takes them: crop pixels / size, flattened [B, 136]."""
@@ -333,13 +359,21 @@ class ReenactorTask(Task):
         args = self.args
         self._setup_data(ctx)
         self.aifd = aifd = AIFDIdentity(load_encoder(args.aifd_encoder)).to(ctx.device) if args.aifd_encoder else None
+        if aifd is not None:  # once: the shape step draws large batches of them
+            self.pair_codes = self._aifd_codes(ctx)
+        weights = torch.ones(68)
+        weights[48:68] = args.lip_weight  # the mouth's opening is a few pixels: a plain mean leaves it to the last
+        self.point_weights = (weights / weights.mean()).to(ctx.device)
         self.config = {
             **self.preset,
             "identity_dim": aifd.output_dim if aifd else self.preset["style_dim"],
             "identity_source": "aifd" if aifd else "style",
             "num_identities": self.num_identities,
+            **({"source_warp": True} if args.source_warp else {}),
         }
         self.model = DualGeneratorReenactor(**self.config).to(ctx.device)
+        if args.init_reenactor:
+            self._initialise(args.init_reenactor, ctx)
         self.model.rfg.generator.to_rgb_lm.requires_grad_(False)  # unused (kept for official weights): DDP wants grads for all others
         self.ema = copy.deepcopy(self.model.rfg).requires_grad_(False).eval()
         self.identity_fn: Callable[[torch.Tensor], torch.Tensor] = aifd if aifd is not None else self.ema.style_encoder
@@ -358,6 +392,27 @@ class ReenactorTask(Task):
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=args.shape_lr, betas=(0.5, 0.999))
         self.samples = self._sample_faces()
 
+    @torch.no_grad()
+    def _aifd_codes(self, ctx: Context, chunk: int = 64) -> torch.Tensor:
+        """AIFD codes [P, D] of every paired face (pair_index order), from its un-jittered crop."""
+        codes = []
+        with ctx.autocast():
+            for start in tqdm(range(0, len(self.pair_index), chunk), desc="identity codes", disable=not ctx.is_main, leave=False):
+                codes.append(self.aifd(self.faces.crops(self.pair_index[start : start + chunk]).to(ctx.device)).float().cpu())
+        return torch.cat(codes)
+
+    def _initialise(self, path: str, ctx: Context) -> None:
+        """Start from a reenactor file: every tensor whose name and shape match (e.g. its shape generator and
+        most of its face generator for a --source-warp model). A source-warp generator keeps its zero output
+        convolution, so it still starts from the warped source."""
+        own = self.model.state_dict()
+        keep = lambda name: not (self.model.source_warp and name.startswith("rfg.generator.to_rgb.2."))  # noqa: E731
+        loaded = {k: v for k, v in build_model(read_weights(path, "dual_generator_reenactor")).state_dict().items()
+                  if k in own and own[k].shape == v.shape and keep(k)}
+        self.model.load_state_dict(loaded, strict=False)
+        if ctx.is_main:
+            print(f"initialised {len(loaded)} of {len(own)} tensors from {Path(path).name}; new: {sorted(set(own) - set(loaded))}")
+
     def state(self) -> dict:
         return {
             "model": self.model, "ema": self.ema, "disc": self.disc_module,
@@ -368,16 +423,14 @@ class ReenactorTask(Task):
     def train_step(self, ctx: Context) -> dict[str, float]:
         generator = ctx.generator()
         index = ctx.epoch_batch(self.train_index)
-        partner = self.partners(index, generator)
+        partner = self.partners(index, generator, self.args.self_share)
         targets, points = self.faces.crops_with_landmarks(index, generator, self.jitter_target)
-        style_images = self.style_images(index, partner, generator).to(ctx.device)
-        losses, style = self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images)
-        if self.aifd is not None:
-            with torch.no_grad(), ctx.autocast():
-                identity = self.aifd(style_images).float()
-        else:
-            identity = style.detach().float()  # the style code of B (the EMA encoder's at inference)
-        losses.update(self._shape_step(ctx, index, identity))
+        style_images, style_points = self.style_images(index, partner, generator)
+        style_images = style_images.to(ctx.device)
+        warped = source_warp_images(style_images, style_points, points) if self.model.source_warp else None
+        losses = self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images, warped)
+        for stream in range(1, self.args.shape_steps + 1):
+            losses.update(self._shape_step(ctx, *self._shape_batch(ctx, ctx.generator(stream=stream))))
         self._update_ema(ctx.step)
         if ctx.is_main and self.args.sample_every and (ctx.step + 1) % self.args.sample_every == 0:
             self.write_samples(ctx.out_dir / "samples" / f"step_{ctx.step + 1:06d}.png", ctx.device)
@@ -386,12 +439,14 @@ class ReenactorTask(Task):
     def _r1_due(self, ctx: Context) -> bool:
         return self.args.r1_gamma > 0 and ctx.step % max(1, self.args.r1_every) == 0
 
-    def _face_step(self, ctx: Context, targets: torch.Tensor, sketches: torch.Tensor, style_images: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
-        """One discriminator and one generator update on (target A, sketch of A, style image B); returns
-        the losses and B's style codes."""
+    def _face_step(
+        self, ctx: Context, targets: torch.Tensor, sketches: torch.Tensor, style_images: torch.Tensor, warped: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One discriminator and one generator update on (target A, sketch of A, style image B, B warped to
+        A's landmarks for --source-warp); returns the losses."""
         args = self.args
         with ctx.autocast():
-            fake, style = self.generator_net(sketches, style_images)
+            fake, _ = self.generator_net(sketches, style_images, warped)
 
         # Discriminator: real faces vs reconstructions, both with their sketch; lazy R1 (in fp32) on real.
         self.disc_module.requires_grad_(True)
@@ -420,11 +475,27 @@ class ReenactorTask(Task):
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
-        return {**out, "l1": l1.item(), "perceptual": perceptual.item(), "g_adv": adversarial.item()}, style
+        return {**out, "l1": l1.item(), "perceptual": perceptual.item(), "g_adv": adversarial.item()}
+
+    @torch.no_grad()
+    def _identity_codes(self, index: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Identity codes [B, D] of un-jittered faces: the AIFD codes computed at setup, or the EMA style
+        encoder's (identity_source "style": the code the model gives itself at inference)."""
+        if self.aifd is not None:
+            return self.pair_codes[np.searchsorted(self.pair_index, index)].to(device)
+        return self.ema.style_encoder(self.faces.crops(index).to(device)).float()
+
+    def _shape_batch(self, ctx: Context, generator: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        """--shape-batch-size faces of paired people and the identity code of *another* photo of each one's
+        person. (A face's own code, or its augmented copy's, carries its pose and expression: the shape
+        generator then reads the driver's motion off the identity code, and at inference, where the code is
+        another person's, it ignores the driver.)"""
+        index = self.pair_index[torch.randint(len(self.pair_index), (self.args.shape_batch_size,), generator=generator).numpy()]
+        return index, self._identity_codes(self.partners(index, generator), ctx.device)
 
     def _shape_step(self, ctx: Context, index: np.ndarray, identity: torch.Tensor) -> dict[str, float]:
-        """IDSG on the batch's aligned landmark sets, with the identity codes of their style images (the
-        same person: another photo, or the augmented copy). Only paired people's faces carry identity labels."""
+        """IDSG on the aligned landmark sets of paired people's faces, with identity codes of other photos of
+        their people (_shape_batch)."""
         args = self.args
         driver = self.normalised_landmarks(index).to(ctx.device)
         labels = torch.from_numpy(self.identity[index]).to(ctx.device)
@@ -449,7 +520,7 @@ class ReenactorTask(Task):
         fake_logits, fake_class = critic(cross)
         adversarial = F.softplus(-fake_logits).mean()
         classification = identity_loss(fake_class, labels)
-        rec, cyc = point_error(reconstruction, driver), point_error(cycle, other)
+        rec, cyc = point_error(reconstruction, driver, self.point_weights), point_error(cycle, other, self.point_weights)
         consistency = (cross_code - other_code).abs().mean()
         loss = args.landmark_weight * (rec + cyc) + consistency + args.adv_weight * adversarial + classification
         self.opt_shape.zero_grad(set_to_none=True)
@@ -479,22 +550,24 @@ class ReenactorTask(Task):
     @torch.no_grad()
     def reenact_faces(self, source: np.ndarray, driver: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
         """EMA model, absolute mode, on cached faces: (source crops, sketches, outputs, target landmarks px)."""
-        sources = self.faces.crops(source).to(device)
+        sources, source_points = self.faces.crops_with_landmarks(source)
+        sources = sources.to(device)
         driving = self.faces.aligned_landmarks(driver) / self.size
         identity = self.identity_fn(sources).float()
         shaped = self.model.idsg(torch.from_numpy(driving).float().flatten(1).to(device), identity).double().cpu().numpy().reshape(-1, 68, 2)
         target = rebuild_eyelids(shaped, driving) * self.size
-        sketches = render_sketches(target, self.size).to(device)
-        return sources, sketches, self.ema.generator(sketches, self.ema.style_encoder(sources)).float(), target
+        sketches, outputs = draw_faces(self.ema, sources, source_points, target)
+        return sources, sketches, outputs, target
 
     @torch.no_grad()
     def write_samples(self, path: Path, device: torch.device) -> None:
         """Rows of (source, sketch, output, target): reconstructions, then reenactments (target = driver)."""
         s = self.samples
         targets, points = self.faces.crops_with_landmarks(s["target"])
-        sources = self.faces.crops(s["source"]).to(device)
-        sketches = render_sketches(points, self.size).to(device)
-        rows = [torch.stack([sources, sketches, self.ema.generator(sketches, self.ema.style_encoder(sources)).float(), targets.to(device)], 1)]
+        sources, source_points = self.faces.crops_with_landmarks(s["source"])
+        sources = sources.to(device)
+        sketches, outputs = draw_faces(self.ema, sources, source_points, points)
+        rows = [torch.stack([sources, sketches, outputs, targets.to(device)], 1)]
         if len(s["driver"]):
             cross_sources, cross_sketches, outputs, _ = self.reenact_faces(s["cross_source"], s["driver"], device)
             rows.append(torch.stack([cross_sources, cross_sketches, outputs, self.faces.crops(s["driver"]).to(device)], 1))
@@ -511,9 +584,8 @@ class ReenactorTask(Task):
         index = self.val_index[:64]
         crops, points = self.faces.crops_with_landmarks(index)
         crops = crops.to(ctx.device)
-        sketches = render_sketches(points, self.size).to(ctx.device)
         with ctx.autocast():
-            fake = self.ema.generator(sketches, self.ema.style_encoder(crops)).float()
+            _, fake = draw_faces(self.ema, crops, points, points)
         driving = self.normalised_landmarks(index).to(ctx.device)
         shaped = self.model.idsg(driving, self.identity_fn(crops).float()).view(-1, 68, 2)
         driving = driving.view(-1, 68, 2)
@@ -532,6 +604,7 @@ class ReenactorTask(Task):
             "command": training_command(),
             "steps": ctx.step, "batch_size": ctx.config.batch_size, "preset": args.preset,
             "data": self.data, "augmentation": {"elastic": args.elastic, "self_share": args.self_share},
+            "init_reenactor": Path(args.init_reenactor).name if args.init_reenactor else "",
             "perceptual": self.perceptual.name, "identity_source": self.config["identity_source"], "ema": "face generator and style encoder",
         }
         file = save_weights(path / "reenactor.safetensors", state, "dual_generator_reenactor", self.config, {**PREPROCESSING, "size": self.size}, provenance)
@@ -541,6 +614,8 @@ class ReenactorTask(Task):
         (path / "MODEL_CARD.md").write_text(model_card(self.config, provenance, megabytes, sum(v.numel() for v in state.values()), args.export_dtype))
 
 
+WARP_NOTE = ("warp-guided (`source_warp`, a project option): it takes the source face thin-plate-spline warped to the "
+             "target landmarks besides the sketch and style code, and corrects it")
 IDENTITY_NOTES = {
     "style": "the model's own style encoder: no other file needed",
     "aifd": "the pack's AIFD encoder embedding: load that encoder with the model",
@@ -557,6 +632,7 @@ def model_card(config: dict, provenance: dict, megabytes: float, parameters: int
 - Config: `{json.dumps(config, sort_keys=True)}`
 - File: reenactor.safetensors, {megabytes:.1f} MB ({parameters / 1e6:.2f} M values stored as {dtype}).
 - Identity code of the shape generator: `{config['identity_source']}` ({IDENTITY_NOTES[config['identity_source']]}).
+- Face generator: {WARP_NOTE if config.get('source_warp') else 'the official one (sketch + style code)'}.
 - Training: {provenance['steps']} steps, batch {provenance['batch_size']}; command `{provenance['command']}`.
   - Face generator: reconstruction of a face from its landmark sketch and the style of another photo of the
     same person (pairs) or of an augmented copy (self-reconstruction: flips, similarity jitter, colour,
@@ -592,6 +668,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of pair rows trained as self-reconstruction from their own augmented copy instead (1 = self-reconstruction only)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--perceptual", help="age_resnet or aifd_encoder safetensors for the perceptual term; default: multi-scale L1 + SSIM")
+    parser.add_argument("--source-warp", action="store_true",
+                        help="warp-guided face generator (a project option): it also takes the style image warped to the target landmarks and corrects it")
+    parser.add_argument("--init-reenactor", help="start from this reenactor file: every tensor whose name and shape match (e.g. a finished run's shape generator)")
     parser.add_argument("--aifd-encoder", help="AIFD encoder safetensors: the shape generator's identity code (default: the style code)")
     parser.add_argument("--lr", type=float, default=1e-4, help="face generator, style encoder and discriminator")
     parser.add_argument("--shape-lr", type=float, default=1e-4, help="shape generator and its critic")
@@ -599,6 +678,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perceptual-weight", type=float, default=2.0)
     parser.add_argument("--adv-weight", type=float, default=1.0)
     parser.add_argument("--landmark-weight", type=float, default=100.0, help="shape reconstruction/cycle (distances in crop sizes)")
+    parser.add_argument("--lip-weight", type=float, default=1.0, help="weight of the 20 lip points in the shape reconstruction/cycle, against 1 for the others")
+    parser.add_argument("--shape-batch-size", type=int, default=8, help="faces of paired people per shape generator update (landmarks only: cheap)")
+    parser.add_argument("--shape-steps", type=int, default=1, help="shape generator updates per training step")
     parser.add_argument("--r1-gamma", type=float, default=1.0)
     parser.add_argument("--r1-every", type=int, default=4, help="lazy R1: every N steps, scaled by N")
     parser.add_argument("--ema-decay", type=float, default=0.999)

@@ -171,23 +171,16 @@ def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: n
 
 
 def load_for_evaluation(path: str | Path, identity_path: str | Path | None = None, device: str = "cpu", precision: str = "fp32"):
-    """A reenactor file with its identity code: its own ("style"), a VGG-Face file, or an AIFD encoder file."""
-    from ..reenact.pipeline import Reenactor, load_reenactor
-    from ..weights import WeightsError, build_model, read_weights
+    """A reenactor file with its identity code, which the absolute mode needs: its own ("style"), a VGG-Face
+    file, or an AIFD encoder file."""
+    from ..reenact.pipeline import IDENTITY_FILES, load_reenactor
+    from ..weights import WeightsError, read_weights
 
-    weights = read_weights(path, "dual_generator_reenactor")
-    source = weights.config.get("identity_source", "vggface")
-    if source == "aifd":
-        if identity_path is None:
-            raise WeightsError(f"{Path(path).name} takes the AIFD identity code: give the AIFD encoder file with --identity-model.")
-        from ..aifd.encoder import load_encoder
-        from ..reenact.identity import AIFDIdentity
-
-        # Both folded for inference (Reenactor / AIFDEncoder.fold_for_inference), as the loader nodes do.
-        return Reenactor(build_model(weights), AIFDIdentity(load_encoder(identity_path).fold_for_inference()), device, precision, fold=True)
-    if source == "vggface" and identity_path is None:
-        raise WeightsError(f"{Path(path).name} takes the VGG-Face identity code: give the vggface_fc7 file with --identity-model.")
-    return load_reenactor(path, identity_path if source == "vggface" else None, device, precision)
+    source = read_weights(path, "dual_generator_reenactor").config.get("identity_source", "vggface")
+    if source in IDENTITY_FILES and identity_path is None:
+        what = {"vggface": "the vggface_fc7 file", "aifd": "the AIFD encoder file"}[source]
+        raise WeightsError(f"{Path(path).name} takes the {source} identity code: give {what} with --identity-model.")
+    return load_reenactor(path, identity_path, device, precision)
 
 
 def evaluate_reenactor(

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
+WARP_LOGIT_EPS = 1e-3  # the warped face's values are clamped into [eps, 1 - eps] before the logit
 SQRT_HALF = math.sqrt(0.5)  # both residual blocks scale their sum by it (unit variance)
 # Per axis, a 3-tap kernel becomes 4 taps (rows) from the 3 old ones (columns) for (a) the convolution then the
 # 2x average pool, run as one convolution at stride 2, and (b) 2x nearest upsampling then the convolution, run
@@ -120,12 +121,18 @@ class Generator(nn.Module):
 
     Encoder: ResBlks with instance norm, each halving the resolution down to 16x16. Decoder: four AdaIN
     blocks at 16x16, then one upsampling AdaIN block per encoder level (mirrored widths).
+
+    `source_warp` (a project option; official checkpoints never have it): the generator also takes the source
+    face warped to the sketch's landmarks (warp.py) as three more input channels, and its output is a
+    correction of that face in logit space, sigmoid(to_rgb(x) + logit(warped)). `to_rgb` starts at zero, so
+    a new generator returns the warped source: the source's identity is there from the first step.
     """
 
-    def __init__(self, size: int = 256, style_dim: int = 128, base_channels: int | None = None, max_conv_dim: int = 512):
+    def __init__(self, size: int = 256, style_dim: int = 128, base_channels: int | None = None, max_conv_dim: int = 512, source_warp: bool = False):
         super().__init__()
         dim_in = base_channels or 2**14 // size
-        self.from_rgb = nn.Conv2d(3, dim_in, 3, 1, 1)
+        self.source_warp = source_warp
+        self.from_rgb = nn.Conv2d(6 if source_warp else 3, dim_in, 3, 1, 1)
         self.encode = nn.ModuleList()
         self.decode = nn.ModuleList()
         self.to_rgb = _to_rgb(dim_in, 3)
@@ -138,16 +145,26 @@ class Generator(nn.Module):
             dim_in = dim_out
         for _ in range(4):
             self.decode.insert(0, AdainResBlk(dim_in, dim_in, style_dim))
+        if source_warp:
+            nn.init.zeros_(self.to_rgb[2].weight)
+            nn.init.zeros_(self.to_rgb[2].bias)
 
-    def forward(self, sketch: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, sketch: torch.Tensor, style: torch.Tensor, warped: torch.Tensor | None = None) -> torch.Tensor:
+        """warped: the source face warped to the sketch's landmarks [B, 3, S, S], for `source_warp` generators only."""
+        if self.source_warp != (warped is not None):
+            raise ValueError("a source_warp generator needs the warped source face, and only it takes one.")
         # In the weights' dtype: a folded generator may hold bf16 weights (fp32 ones make these no-ops).
-        x = self.from_rgb(sketch.to(self.from_rgb.weight.dtype))
+        dtype = self.from_rgb.weight.dtype
+        x = self.from_rgb(torch.cat([sketch, warped], 1).to(dtype) if self.source_warp else sketch.to(dtype))
         style = style.to(x.dtype)
         for block in self.encode:
             x = block(x)
         for block in self.decode:
             x = block(x, style)
-        return torch.sigmoid(self.to_rgb(x))
+        x = self.to_rgb(x)
+        if self.source_warp:
+            x = x + torch.logit(warped.to(x.dtype), eps=WARP_LOGIT_EPS)
+        return torch.sigmoid(x)
 
     def fold_for_inference(self) -> Generator:
         """This generator's inference form, in place (see _FoldedResBlk, _FoldedAdainResBlk); returns it.
@@ -190,9 +207,9 @@ class StyleEncoder(nn.Module):
 class ReenactedFaceGenerator(nn.Module):
     """The RFG stage: `generator` and `style_encoder`, named as in the official checkpoint."""
 
-    def __init__(self, size: int = 256, style_dim: int = 128, base_channels: int | None = None, max_conv_dim: int = 512):
+    def __init__(self, size: int = 256, style_dim: int = 128, base_channels: int | None = None, max_conv_dim: int = 512, source_warp: bool = False):
         super().__init__()
-        self.generator = Generator(size, style_dim, base_channels, max_conv_dim)
+        self.generator = Generator(size, style_dim, base_channels, max_conv_dim, source_warp)
         self.style_encoder = StyleEncoder(size, style_dim, base_channels, max_conv_dim)
 
     def fold_for_inference(self) -> ReenactedFaceGenerator:

@@ -9,7 +9,9 @@ keys are the official ones, e.g. `idsg.lm_linear_encoder.main.0.weight`,
   weights in a separate "vggface_fc7" file), "aifd" (the pack's AIFD identity embedding, 512-d), or
   "style" (the RFG style encoder's own code, identity_dim = style_dim: self-contained project models);
 - num_identities: output size of the training-only `linear_classfier` (official vox1 model: 1454);
-- base_channels / max_conv_dim: RFG widths; None = the official 2**14 // size.
+- base_channels / max_conv_dim: RFG widths; None = the official 2**14 // size;
+- source_warp: the RFG also takes the source face warped to the target landmarks and corrects it
+  (face_generator.Generator); a project option, False in official checkpoints.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class DualGeneratorReenactor(nn.Module):
         num_identities: int = 1454,
         base_channels: int | None = None,
         max_conv_dim: int = 512,
+        source_warp: bool = False,
     ):
         super().__init__()
         if identity_source not in IDENTITY_SOURCES:
@@ -43,5 +46,6 @@ class DualGeneratorReenactor(nn.Module):
         self.style_dim = style_dim
         self.identity_dim = identity_dim
         self.identity_source = identity_source
+        self.source_warp = source_warp
         self.idsg = ShapeGenerator(identity_dim, num_identities)
-        self.rfg = ReenactedFaceGenerator(size, style_dim, base_channels, max_conv_dim)
+        self.rfg = ReenactedFaceGenerator(size, style_dim, base_channels, max_conv_dim, source_warp)

@@ -33,6 +33,7 @@ from ..weights import WeightsError, build_model, read_weights
 from .model import DualGeneratorReenactor
 from .motion import MODES, MotionTransfer, OneEuroFilter, smoothing_filter
 from .sketch import render_sketches
+from .warp import warp_to_landmarks
 
 CONVENTION = "reenactor"
 OUTPUTS = ("paste", "crops")
@@ -105,21 +106,46 @@ class Reenactor:
         return out.double().cpu().numpy().reshape(-1, 68, 2)
 
     @torch.no_grad()
-    def generate(self, sketches: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """Sketches [N, 3, S, S] + one style code [1, style_dim] -> faces IMAGE [N, S, S, 3] on the CPU."""
+    def generate(self, sketches: torch.Tensor, style: torch.Tensor, warped: torch.Tensor | None = None) -> torch.Tensor:
+        """Sketches [N, 3, S, S] + one style code [1, style_dim] (+ for source_warp models, the source warped to
+        each sketch's landmarks [N, 3, S, S]) -> faces IMAGE [N, S, S, 3] on the CPU."""
         with self._autocast():
-            faces = self.model.rfg.generator(sketches.to(self.device), style.expand(len(sketches), -1))
+            warped = None if warped is None else warped.to(self.device)
+            faces = self.model.rfg.generator(sketches.to(self.device), style.expand(len(sketches), -1), warped)
         return faces.float().clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+    @torch.no_grad()
+    def warped_source(self, crop: torch.Tensor, landmarks: np.ndarray, targets: np.ndarray) -> torch.Tensor | None:
+        """For source_warp models: the source crop IMAGE [1, S, S, 3] with its landmarks [68, 2] moved to each of
+        `targets` [N, 68, 2] (0..1 of the crop) -> [N, 3, S, S]; None for other models."""
+        if not self.model.source_warp:
+            return None
+        source = torch.as_tensor(np.broadcast_to(landmarks, targets.shape).copy(), dtype=torch.float32, device=self.device)
+        images = self._nchw(crop).expand(len(targets), -1, -1, -1)
+        return warp_to_landmarks(images, source, torch.as_tensor(targets, dtype=torch.float32, device=self.device))
+
+
+IDENTITY_FILES = {"vggface": "vggface_fc7", "aifd": "aifd_encoder"}  # identity_source -> the identity file's architecture
 
 
 def load_reenactor(path: str | Path, identity_path: str | Path | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> Reenactor:
-    """A reenactor file, plus optionally a VGG-Face identity file for the absolute mode of official models."""
+    """A reenactor file, plus optionally the identity encoder its absolute mode needs: a VGG-Face file for
+    official models (identity_source "vggface"), the pack's AIFD encoder for models trained on AIFD codes
+    ("aifd"); models whose code is their own style code ("style") take none."""
     model = build_model(read_weights(path, "dual_generator_reenactor"))
     identity = None
     if identity_path is not None:
-        if model.identity_source != "vggface":
-            raise WeightsError(f"{Path(path).name} takes the {model.identity_source} identity code, not VGG-Face; load it without an identity file.")
-        identity = build_model(read_weights(identity_path, "vggface_fc7"))
+        wanted = IDENTITY_FILES.get(model.identity_source)
+        if wanted is None:
+            raise WeightsError(f"{Path(path).name} gives its own identity code; load it without an identity file.")
+        weights = read_weights(identity_path, wanted)
+        if wanted == "aifd_encoder":
+            from ..aifd.encoder import encoder_from
+            from .identity import AIFDIdentity
+
+            identity = AIFDIdentity(encoder_from(weights).fold_for_inference())
+        else:
+            identity = build_model(weights)
         if identity.output_dim != model.identity_dim:
             raise WeightsError(f"{Path(identity_path).name} gives {identity.output_dim}-d codes; {Path(path).name} needs {model.identity_dim}.")
     return Reenactor(model, identity, device, precision, fold=True)
@@ -233,7 +259,8 @@ def reenact(
     src_crop = extract_crops(source, src_crops)
     style = reenactor.style(src_crop)
     shape_fn = partial(reenactor.shape, identity=reenactor.identity(src_crop)) if mode == "absolute" else None
-    motion = MotionTransfer(mode, src_crops.crop_landmarks()[0] / size, shape_fn)
+    src_points = src_crops.crop_landmarks()[0] / size
+    motion = MotionTransfer(mode, src_points, shape_fn)
 
     out_hw = (height, width) if output == "paste" else (size, size)
     images = torch.empty(total, *out_hw, 3)
@@ -250,7 +277,7 @@ def reenact(
             target = motion(crops.crop_landmarks()[valid] / size)
             targets[start + valid] = target
             chunk_sketches = render_sketches(target * size, size)
-            faces[valid] = reenactor.generate(chunk_sketches, style)
+            faces[valid] = reenactor.generate(chunk_sketches, style, reenactor.warped_source(src_crop, src_points, target))
             sketches[start + valid] = chunk_sketches.permute(0, 2, 3, 1)
         if output == "paste":
             images[start:stop], masks[start:stop] = paste_crops(frames, faces, crops, feather, color_match)
