@@ -39,6 +39,17 @@ def _faces(args: argparse.Namespace) -> None:
     print(f"{len(crops)} face(s); wrote {out}/crop_*.png, landmarks.png, pasted.png")
 
 
+def _identity_file(name: str | None) -> Path | None:
+    """A reenactor's identity encoder: a file path, or a name in the reenactor folders (VGG-Face files) or the
+    aifd folders (the AIFD encoder), as the Reenactor Loader node lists them."""
+    if not name:
+        return None
+    try:
+        return _model_file("reenactor", name)
+    except FileNotFoundError:
+        return _model_file("aifd", name)
+
+
 def _model_file(family: str, name: str) -> Path:
     """A model given as a file path, or as a name in the family's model folders."""
     from .model_paths import resolve_model
@@ -140,8 +151,7 @@ def _evaluate_identity(args: argparse.Namespace) -> None:
 def _evaluate_reenactment(args: argparse.Namespace) -> None:
     from .evaluation.reenact_eval import evaluate_reenactor, load_for_evaluation, summary_table
 
-    identity = args.identity_model and _model_file("reenactor", args.identity_model)
-    reenactor = load_for_evaluation(_model_file("reenactor", args.model), identity, args.device, args.precision)
+    reenactor = load_for_evaluation(_model_file("reenactor", args.model), _identity_file(args.identity_model), args.device, args.precision)
     bars = _ProgressBars("reenacting pairs")
 
     if args.folder or args.lfw or args.utkface:
@@ -166,8 +176,7 @@ def _demo(args: argparse.Namespace) -> None:
     from .images import to_image_batch
     from .reenact.pipeline import load_reenactor
 
-    identity = args.identity_model and _model_file("aifd", args.identity_model)
-    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), identity, args.device, args.precision)
+    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), _identity_file(args.identity_model), args.device, args.precision)
     ager = AgeTransGAN.create(load_generator(_model_file("agetransgan", args.agetransgan)), args.device, args.precision)
     source, driver = load_image(args.source), load_image(args.driver)
     settings = ChainSettings(order=args.order, mode=args.mode, seed=args.seed)

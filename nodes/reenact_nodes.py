@@ -1,6 +1,8 @@
 """Dual-generator reenactor nodes: load a reenactor, then reenact a source face with a driving video."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 from ..age_reenact.face.detect import FaceDetector
 from ..age_reenact.face.paste import COLOR_MATCH
@@ -15,7 +17,7 @@ IDENTITY_FAMILY = "aifd"
 NO_IDENTITY = "none"
 
 
-def _identity_file(name: str):
+def _identity_file(name: str) -> Path:
     """An identity encoder from the reenactor folders (VGG-Face files), else from the AIFD folders."""
     if name in model_files(FAMILY):
         return resolve_model(FAMILY, name)

@@ -39,11 +39,36 @@ def test_warp_carries_each_landmark_to_its_target():
     size = 128
     source = torch.tensor([[[0.4, 0.4], [0.6, 0.4], [0.5, 0.55], [0.42, 0.68], [0.58, 0.68]]])
     target = source + torch.tensor([[[0.05, 0.02], [0.04, -0.03], [-0.03, 0.04], [0.02, 0.05], [-0.04, 0.03]]])
-    warped = warp_to_landmarks(_dots(source, size), source, target)[0, 0]
+    warped = warp_to_landmarks(_dots(source, size), source * size - 0.5, target * size - 0.5)[0, 0]  # px, centres at whole numbers
     for x, y in target[0].tolist():  # a white dot now sits on each target
         assert warped[int(y * size), int(x * size)] > 0.5
     for x, y in source[0].tolist():  # and has left its source
         assert warped[int(y * size), int(x * size)] < 0.5
+
+
+def test_warp_by_whole_pixels_moves_the_face_by_them_in_bf16_too():
+    """Landmarks in crop pixels: every landmark moved by (3, -2) px, the border anchors held. Images that are
+    coordinate ramps read back where each output pixel sampled: inside the landmarks, (x - 3, y + 2)."""
+    size = 128
+    axis = torch.arange(size, dtype=torch.float32)
+    ramps = torch.stack([axis.expand(size, size), axis[:, None].expand(size, size)])[None] / size  # x, y
+    source = 40 + 48 * _grid_points()  # px
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warped = warp_to_landmarks(ramps, source, source + torch.tensor([3.0, -2.0]))
+    assert warped.dtype == torch.float32
+    read = warped[0, :, 55:75, 55:75] * size
+    assert (read[0] - (axis[55:75] - 3)).abs().max() < 0.3 and (read[1] - (axis[55:75, None] + 2)).abs().max() < 0.3
+
+
+def test_bright_pixels_stay_correctable_in_bf16():
+    """The logit is taken in fp32: in bf16, 1 - eps rounds to 1 and white pixels would become +inf (no gradient)."""
+    rfg = DualGeneratorReenactor(**TINY, source_warp=True).rfg
+    torch.nn.init.normal_(rfg.generator.to_rgb[2].weight, std=0.1)
+    warped = torch.ones(1, 3, 64, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rfg.generator(torch.zeros(1, 3, 64, 64), torch.zeros(1, 8), warped)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and out.max() < 1 and rfg.generator.to_rgb[2].weight.grad.abs().sum() > 0
 
 
 def test_new_source_warp_generator_returns_the_warped_source_and_folds():

@@ -24,13 +24,18 @@ Perceptual term: feature L1 through a trained project network given with --perce
 estimator "age_resnet" file or an AIFD encoder file, frozen); without one, a multi-scale L1 + SSIM loss
 stands in (no trained project network existed when this task was written).
 
-Shape generator, on the same batch's aligned landmark sets: landmarks of A + the identity code of B
-(the same person) give A's landmarks back (reconstruction); the landmarks of another row's person
-under that code give a shape that a landmark discriminator takes for real, that the landmark
-classifier takes for A's person (paired people only: copies have no identity label), that keeps the
-driver's landmark code, and that the driver's own code maps back to the driver (cycle). The identity
-code is the AIFD embedding of B with --aifd-encoder (identity_source "aifd"), otherwise B's style code
-(identity_source "style": the model needs no other file; at inference the EMA style encoder gives it).
+With --source-warp (a project option) the face generator also takes B warped to A's landmarks (thin-plate
+spline, age_reenact/reenact/warp.py) and corrects it; B then keeps its colours and is never mirrored.
+
+Shape generator, on its own batches (--shape-batch-size, --shape-steps per step) of paired people's aligned
+landmark sets: landmarks of A + the identity code of another photo B of A's person give A's landmarks back
+(reconstruction; the lips weighted by --lip-weight); the landmarks of another row's person under that code
+give a shape that a landmark discriminator takes for real, that the landmark classifier takes for A's
+person, that keeps the driver's landmark code, and that the driver's own code maps back to the driver
+(cycle). B is never A itself, nor a copy of it: a face's own code carries its pose and expression, and a
+shape generator that reads them there ignores the driver at inference. The identity code is the AIFD
+embedding of B with --aifd-encoder (identity_source "aifd", computed once at setup), otherwise B's EMA style
+code (identity_source "style": the model needs no other file; at inference the EMA style encoder gives it).
 
 Every --sample-every steps, samples/step_NNNNNN.png shows rows of (source, sketch, output, target):
 four same-person reconstructions, then four different-person reenactments through the shape
@@ -120,9 +125,8 @@ class FaceReconstructor(nn.Module):
         super().__init__()
         self.rfg = rfg
 
-    def forward(self, sketches: torch.Tensor, style_images: torch.Tensor, warped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        style = self.rfg.style_encoder(style_images)
-        return self.rfg.generator(sketches, style, warped), style
+    def forward(self, sketches: torch.Tensor, style_images: torch.Tensor, warped: torch.Tensor | None = None) -> torch.Tensor:
+        return self.rfg.generator(sketches, self.rfg.style_encoder(style_images), warped)
 
 
 def draw_faces(rfg: nn.Module, sources: torch.Tensor, source_points: np.ndarray, target_points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,15 +134,8 @@ def draw_faces(rfg: nn.Module, sources: torch.Tensor, source_points: np.ndarray,
     sketches of the targets, rfg's faces): the inference path of samples and validation."""
     size = sources.shape[-1]
     sketches = render_sketches(target_points, size).to(sources.device)
-    warped = source_warp_images(sources, source_points, target_points) if rfg.generator.source_warp else None
+    warped = warp_to_landmarks(sources, source_points, target_points) if rfg.generator.source_warp else None
     return sketches, rfg.generator(sketches, rfg.style_encoder(sources), warped).float()
-
-
-def source_warp_images(images: torch.Tensor, points: np.ndarray, target_points: np.ndarray) -> torch.Tensor:
-    """Images [B, 3, S, S] whose landmarks are `points` warped onto `target_points` (both [B, 68, 2], crop px)."""
-    size = images.shape[-1]
-    as_tensor = lambda p: torch.as_tensor(np.asarray(p) / size, dtype=torch.float32, device=images.device)  # noqa: E731
-    return warp_to_landmarks(images, as_tensor(points), as_tensor(target_points))
 
 
 class PatchDiscriminator(nn.Module):
@@ -278,9 +275,14 @@ class ReenactorTask(Task):
         self.jitter_target = {**JITTER_TARGET, "elastic": args.elastic}
         self.jitter_copy = {**JITTER_COPY, "elastic": args.elastic}
         self.jitter_style = dict(JITTER_STYLE)
-        if args.source_warp:  # the warp carries the source's colours through: no colour changes for it to undo
+        if args.source_warp:
+            # The warp carries the source's colours and sides through: no colour change for the generator to
+            # undo, and no mirroring (target and style image flipped independently would ask it to un-mirror
+            # hair partings and backgrounds).
             for jitter in (self.jitter_copy, self.jitter_style):
                 jitter.pop("color"), jitter.pop("grey", None)
+            for jitter in (self.jitter_target, self.jitter_copy, self.jitter_style):
+                jitter["flip"] = 0.0
 
     # ---- data -------------------------------------------------------------------------------------
     def _setup_data(self, ctx: Context) -> None:
@@ -311,6 +313,8 @@ class ReenactorTask(Task):
         if not self.num_identities:
             raise ValueError("no LFW or FG-NET train person with two or more detected faces: check --lfw/--fgnet (or raise --limit).")
         self.pair_index = np.flatnonzero(self.identity >= 0)
+        self.pair_row = np.full(len(items), -1)  # a face's row in pair_index (and in the identity codes), -1: none
+        self.pair_row[self.pair_index] = np.arange(len(self.pair_index))
         self.copy_index = np.flatnonzero(found & (self.identity < 0) & (split == "train"))
         self.train_index = np.concatenate([self.pair_index, self.copy_index])
         self.val_index = np.flatnonzero(found & (split == "val"))
@@ -403,12 +407,18 @@ class ReenactorTask(Task):
 
     def _initialise(self, path: str, ctx: Context) -> None:
         """Start from a reenactor file: every tensor whose name and shape match (e.g. its shape generator and
-        most of its face generator for a --source-warp model). A source-warp generator keeps its zero output
-        convolution, so it still starts from the warped source."""
+        most of its face generator for a --source-warp model). A source-warp generator started from a plain one
+        keeps its zero output convolution, so it still starts from the warped source; a shape generator trained
+        on another identity code is left out."""
         own = self.model.state_dict()
-        keep = lambda name: not (self.model.source_warp and name.startswith("rfg.generator.to_rgb.2."))  # noqa: E731
-        loaded = {k: v for k, v in build_model(read_weights(path, "dual_generator_reenactor")).state_dict().items()
-                  if k in own and own[k].shape == v.shape and keep(k)}
+        weights = read_weights(path, "dual_generator_reenactor")
+        other_code = weights.config.get("identity_source", "vggface") != self.config["identity_source"]
+        new_warp = self.model.source_warp and not weights.config.get("source_warp", False)
+
+        def keep(name: str) -> bool:
+            return not (other_code and name.startswith("idsg.")) and not (new_warp and name.startswith("rfg.generator.to_rgb.2."))
+
+        loaded = {k: v for k, v in build_model(weights).state_dict().items() if k in own and own[k].shape == v.shape and keep(k)}
         self.model.load_state_dict(loaded, strict=False)
         if ctx.is_main:
             print(f"initialised {len(loaded)} of {len(own)} tensors from {Path(path).name}; new: {sorted(set(own) - set(loaded))}")
@@ -427,7 +437,7 @@ class ReenactorTask(Task):
         targets, points = self.faces.crops_with_landmarks(index, generator, self.jitter_target)
         style_images, style_points = self.style_images(index, partner, generator)
         style_images = style_images.to(ctx.device)
-        warped = source_warp_images(style_images, style_points, points) if self.model.source_warp else None
+        warped = warp_to_landmarks(style_images, style_points, points) if self.model.source_warp else None
         losses = self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images, warped)
         for stream in range(1, self.args.shape_steps + 1):
             losses.update(self._shape_step(ctx, *self._shape_batch(ctx, ctx.generator(stream=stream))))
@@ -446,7 +456,7 @@ class ReenactorTask(Task):
         A's landmarks for --source-warp); returns the losses."""
         args = self.args
         with ctx.autocast():
-            fake, _ = self.generator_net(sketches, style_images, warped)
+            fake = self.generator_net(sketches, style_images, warped)
 
         # Discriminator: real faces vs reconstructions, both with their sketch; lazy R1 (in fp32) on real.
         self.disc_module.requires_grad_(True)
@@ -482,7 +492,10 @@ class ReenactorTask(Task):
         """Identity codes [B, D] of un-jittered faces: the AIFD codes computed at setup, or the EMA style
         encoder's (identity_source "style": the code the model gives itself at inference)."""
         if self.aifd is not None:
-            return self.pair_codes[np.searchsorted(self.pair_index, index)].to(device)
+            rows = self.pair_row[index]
+            if (rows < 0).any():
+                raise ValueError("identity codes were computed for paired people's faces only")
+            return self.pair_codes[rows].to(device)
         return self.ema.style_encoder(self.faces.crops(index).to(device)).float()
 
     def _shape_batch(self, ctx: Context, generator: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
@@ -584,8 +597,10 @@ class ReenactorTask(Task):
         index = self.val_index[:64]
         crops, points = self.faces.crops_with_landmarks(index)
         crops = crops.to(ctx.device)
+        # From a fixed jittered copy: a warp-guided generator given the target itself would only copy it.
+        sources, source_points = self.faces.crops_with_landmarks(index, torch.Generator().manual_seed(0), self.jitter_copy)
         with ctx.autocast():
-            _, fake = draw_faces(self.ema, crops, points, points)
+            _, fake = draw_faces(self.ema, sources.to(ctx.device), source_points, points)
         driving = self.normalised_landmarks(index).to(ctx.device)
         shaped = self.model.idsg(driving, self.identity_fn(crops).float()).view(-1, 68, 2)
         driving = driving.view(-1, 68, 2)
@@ -603,7 +618,8 @@ class ReenactorTask(Task):
         provenance = {
             "command": training_command(),
             "steps": ctx.step, "batch_size": ctx.config.batch_size, "preset": args.preset,
-            "data": self.data, "augmentation": {"elastic": args.elastic, "self_share": args.self_share},
+            "data": self.data,
+            "augmentation": {"elastic": args.elastic, "self_share": args.self_share, "copy_changes": copy_changes(self.jitter_copy)},
             "init_reenactor": Path(args.init_reenactor).name if args.init_reenactor else "",
             "perceptual": self.perceptual.name, "identity_source": self.config["identity_source"], "ema": "face generator and style encoder",
         }
@@ -612,6 +628,12 @@ class ReenactorTask(Task):
         if megabytes > BUNDLE_LIMIT_MB:
             print(f"warning: {file.name} is {megabytes:.1f} MB, over the {BUNDLE_LIMIT_MB:.0f} MB bundle limit; use --export-dtype fp16 or a smaller --preset")
         (path / "MODEL_CARD.md").write_text(model_card(self.config, provenance, megabytes, sum(v.numel() for v in state.values()), args.export_dtype))
+
+
+def copy_changes(jitter: dict) -> str:
+    """The self-reconstruction copies' changes, in words, for the model card."""
+    names = {"flip": "flips", "color": "colour", "grey": "greyscale"}
+    return ", ".join(["similarity jitter", *(names[k] for k in ("flip", "color", "grey") if jitter.get(k))])
 
 
 WARP_NOTE = ("warp-guided (`source_warp`, a project option): it takes the source face thin-plate-spline warped to the "
@@ -635,12 +657,13 @@ def model_card(config: dict, provenance: dict, megabytes: float, parameters: int
 - Face generator: {WARP_NOTE if config.get('source_warp') else 'the official one (sketch + style code)'}.
 - Training: {provenance['steps']} steps, batch {provenance['batch_size']}; command `{provenance['command']}`.
   - Face generator: reconstruction of a face from its landmark sketch and the style of another photo of the
-    same person (pairs) or of an augmented copy (self-reconstruction: flips, similarity jitter, colour,
-    greyscale); elastic warp amplitude {augmentation['elastic']:g} of the crop size (0: none); pair rows trained
+    same person (pairs) or of an augmented copy (self-reconstruction: {augmentation['copy_changes']});
+    elastic warp amplitude {augmentation['elastic']:g} of the crop size (0: none); pair rows trained
     as copies instead: {augmentation['self_share']:.0%}. L1, perceptual term: {provenance['perceptual']};
     sketch-conditioned patch discriminator (non-saturating) with R1 on real faces.
-  - Shape generator: aligned landmark sets of the same faces; reconstruction, cycle, landmark-code
-    consistency, adversarial and (paired people) identity-classification losses.
+  - Shape generator: aligned landmark sets of paired people's faces, each with the identity code of another
+    photo of its person; reconstruction, cycle, landmark-code consistency, adversarial and
+    identity-classification losses.
 - Data (detected faces): same-person pairs of `train` people with two or more of them ({pairs});
   self-reconstruction copies of every other `train` face ({copies}). LFW and FG-NET `test` people and the
   UTKFace `val`/`test` splits were not trained on ({data['val_faces']} UTKFace `val` faces were used for

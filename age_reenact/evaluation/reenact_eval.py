@@ -23,7 +23,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from ..face.detect import Face, FaceDetector
 from ..images import load_image, save_image, to_uint8
 from ..labels import image_files, lfw_items, read_labels
 from .dlib_identity import SAME_PERSON_DISTANCE, dlib_embedding, identity_distance
+
+if TYPE_CHECKING:
+    from ..reenact.pipeline import Reenactor
 
 NME_BAR = 0.08
 IDENTITY_BAR = 0.8  # share of pairs whose output keeps the source's identity
@@ -170,7 +173,7 @@ def measure_output(output: torch.Tensor, target: np.ndarray, source_embedding: n
     return OutputFace(True, identity_distance(source_embedding, embedding), landmark_nme(landmarks, target), landmarks, embedding)
 
 
-def load_for_evaluation(path: str | Path, identity_path: str | Path | None = None, device: str = "cpu", precision: str = "fp32"):
+def load_for_evaluation(path: str | Path, identity_path: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> "Reenactor":
     """A reenactor file with its identity code, which the absolute mode needs: its own ("style"), a VGG-Face
     file, or an AIFD encoder file."""
     from ..reenact.pipeline import IDENTITY_FILES, load_reenactor

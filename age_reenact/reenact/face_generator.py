@@ -162,8 +162,8 @@ class Generator(nn.Module):
         for block in self.decode:
             x = block(x, style)
         x = self.to_rgb(x)
-        if self.source_warp:
-            x = x + torch.logit(warped.to(x.dtype), eps=WARP_LOGIT_EPS)
+        if self.source_warp:  # in fp32: in bf16, 1 - eps rounds to 1 and the logit of bright pixels to infinity
+            x = x.float() + torch.logit(warped.float(), eps=WARP_LOGIT_EPS)
         return torch.sigmoid(x)
 
     def fold_for_inference(self) -> Generator:

@@ -117,12 +117,11 @@ class Reenactor:
     @torch.no_grad()
     def warped_source(self, crop: torch.Tensor, landmarks: np.ndarray, targets: np.ndarray) -> torch.Tensor | None:
         """For source_warp models: the source crop IMAGE [1, S, S, 3] with its landmarks [68, 2] moved to each of
-        `targets` [N, 68, 2] (0..1 of the crop) -> [N, 3, S, S]; None for other models."""
+        `targets` [N, 68, 2] (both in crop pixels) -> [N, 3, S, S]; None for other models."""
         if not self.model.source_warp:
             return None
-        source = torch.as_tensor(np.broadcast_to(landmarks, targets.shape).copy(), dtype=torch.float32, device=self.device)
         images = self._nchw(crop).expand(len(targets), -1, -1, -1)
-        return warp_to_landmarks(images, source, torch.as_tensor(targets, dtype=torch.float32, device=self.device))
+        return warp_to_landmarks(images, np.repeat(np.asarray(landmarks)[None], len(targets), 0), targets)
 
 
 IDENTITY_FILES = {"vggface": "vggface_fc7", "aifd": "aifd_encoder"}  # identity_source -> the identity file's architecture
@@ -259,8 +258,8 @@ def reenact(
     src_crop = extract_crops(source, src_crops)
     style = reenactor.style(src_crop)
     shape_fn = partial(reenactor.shape, identity=reenactor.identity(src_crop)) if mode == "absolute" else None
-    src_points = src_crops.crop_landmarks()[0] / size
-    motion = MotionTransfer(mode, src_points, shape_fn)
+    src_points = src_crops.crop_landmarks()[0]
+    motion = MotionTransfer(mode, src_points / size, shape_fn)
 
     out_hw = (height, width) if output == "paste" else (size, size)
     images = torch.empty(total, *out_hw, 3)
@@ -277,7 +276,7 @@ def reenact(
             target = motion(crops.crop_landmarks()[valid] / size)
             targets[start + valid] = target
             chunk_sketches = render_sketches(target * size, size)
-            faces[valid] = reenactor.generate(chunk_sketches, style, reenactor.warped_source(src_crop, src_points, target))
+            faces[valid] = reenactor.generate(chunk_sketches, style, reenactor.warped_source(src_crop, src_points, target * size))
             sketches[start + valid] = chunk_sketches.permute(0, 2, 3, 1)
         if output == "paste":
             images[start:stop], masks[start:stop] = paste_crops(frames, faces, crops, feather, color_match)

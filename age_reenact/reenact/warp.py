@@ -9,6 +9,7 @@ from (grid_sample). Besides the 68 landmarks, 12 fixed anchors on the crop's bor
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +35,11 @@ def tps_sampling_grid(target: torch.Tensor, source: torch.Tensor, size: int) -> 
     The spline is solved in float64 and evaluated on at most a GRID_STEPS x GRID_STEPS lattice of pixel centres,
     then interpolated to S x S: the map is smooth, and a full 128 px evaluation cost 1 s per 8 faces here.
     """
+    with torch.autocast(target.device.type, enabled=False):  # coordinates in bf16 would be off by a quarter pixel
+        return _tps_grid(target.float(), source.float(), size).to(target.dtype)
+
+
+def _tps_grid(target: torch.Tensor, source: torch.Tensor, size: int) -> torch.Tensor:
     batch = len(target)
     anchors = ANCHORS.to(target)[None].expand(batch, -1, -1)
     control = torch.cat([target, anchors], 1).double()  # where the spline is pinned (output space)
@@ -55,11 +61,14 @@ def tps_sampling_grid(target: torch.Tensor, source: torch.Tensor, size: int) -> 
     mapped = (basis @ coefficients).transpose(1, 2).reshape(batch, 2, steps, steps)  # 0..1 of the input image
     if steps < size:
         mapped = F.interpolate(mapped, size=(size, size), mode="bilinear", align_corners=True)
-    return (mapped.permute(0, 2, 3, 1) * 2 - 1).to(target.dtype)
+    return mapped.permute(0, 2, 3, 1) * 2 - 1
 
 
-def warp_to_landmarks(images: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def warp_to_landmarks(images: torch.Tensor, source: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Images [B, C, S, S] whose faces have landmarks `source` [B, 68, 2] -> the same images warped so those
-    points land on `target` [B, 68, 2] (landmarks in 0..1 of the crop). Outside the image: its edge pixels."""
-    grid = tps_sampling_grid(target.float(), source.float(), images.shape[-1]).to(images.dtype)
+    points land on `target` [B, 68, 2]. Landmarks in crop pixels, pixel centres at whole numbers (as the
+    detector and the crops give them). Outside the image: its edge pixels."""
+    size = images.shape[-1]
+    unit = lambda p: (torch.as_tensor(p, dtype=torch.float32, device=images.device) + 0.5) / size  # noqa: E731
+    grid = tps_sampling_grid(unit(target), unit(source), size).to(images.dtype)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
