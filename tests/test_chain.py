@@ -149,7 +149,7 @@ def test_chunks_progress_and_cancel(core_models, source, driving, mode, monkeypa
     whole = reenact_and_age(reenactor, ager, source, video, ["50-69", "0-2"], ChainSettings(chunk_size=8, **settings))
     batches, calls = [], []
     generate = reenactor.generate
-    monkeypatch.setattr(reenactor, "generate", lambda sketches, style: batches.append(len(sketches)) or generate(sketches, style))
+    monkeypatch.setattr(reenactor, "generate", lambda sketches, style, warped=None: batches.append(len(sketches)) or generate(sketches, style, warped))
     chunked = reenact_and_age(reenactor, ager, source, video, ["50-69", "0-2"], ChainSettings(chunk_size=3, **settings),
                               progress=lambda done, total: calls.append((done, total)))
     # Equal up to float rounding: convolutions over a different batch size round differently.
