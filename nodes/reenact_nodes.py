@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from ..age_reenact.face.detect import FaceDetector
 from ..age_reenact.face.paste import COLOR_MATCH
 from ..age_reenact.reenact.motion import MODES

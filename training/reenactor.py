@@ -279,9 +279,9 @@ class ReenactorTask(Task):
             # The warp carries the source's colours and sides through: no colour change for the generator to
             # undo, and no mirroring (target and style image flipped independently would ask it to un-mirror
             # hair partings and backgrounds).
-            for jitter in (self.jitter_copy, self.jitter_style):
-                jitter.pop("color"), jitter.pop("grey", None)
             for jitter in (self.jitter_target, self.jitter_copy, self.jitter_style):
+                for change in ("color", "grey"):
+                    jitter.pop(change, None)
                 jitter["flip"] = 0.0
 
     # ---- data -------------------------------------------------------------------------------------
