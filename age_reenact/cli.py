@@ -176,7 +176,8 @@ def _demo(args: argparse.Namespace) -> None:
     from .images import to_image_batch
     from .reenact.pipeline import load_reenactor
 
-    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), _identity_file(args.identity_model), args.device, args.precision)
+    identity = args.identity_model or (BUNDLED["aifd"] if args.mode == "absolute" else None)
+    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), _identity_file(identity), args.device, args.precision)
     ager = AgeTransGAN.create(load_generator(_model_file("agetransgan", args.agetransgan)), args.device, args.precision)
     source, driver = load_image(args.source), load_image(args.driver)
     settings = ChainSettings(order=args.order, mode=args.mode, seed=args.seed)
@@ -312,10 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--target", default="50-69", help="target age group(s), comma-separated, or 'all'")
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--order", choices=ORDERS, default=ORDERS[0])
-    demo.add_argument("--mode", choices=MODES, default="relative", help="absolute needs the reenactor's identity code")
+    demo.add_argument("--mode", choices=MODES, default="absolute",
+                      help="absolute: the driver's head pose (the paper's shape generator; needs the identity encoder); relative: only the driver's place, size and roll for a photo")
     demo.add_argument("--agetransgan", default=BUNDLED["agetransgan"], help="file, or a name in the agetransgan folders")
     demo.add_argument("--reenactor", default=BUNDLED["reenactor"], help="file, or a name in the reenactor folders")
-    demo.add_argument("--identity-model", help="the identity encoder of the absolute mode (the AIFD encoder for the pack's reenactor): file, or a name in the aifd folders")
+    demo.add_argument("--identity-model", help=f"the identity encoder of the absolute mode: file, or a name in the aifd folders (default {BUNDLED['aifd']}, the pack's reenactor's)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     demo.add_argument("--seed", type=int, default=0)

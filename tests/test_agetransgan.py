@@ -307,6 +307,27 @@ def test_same_seed_same_image_and_batch_equals_one_by_one():
     assert (younger - batch[:1]).abs().max() > 1e-3  # and so does the age code
 
 
+def test_grey_parts_of_a_crop_stay_grey():
+    """A black-and-white face stays black-and-white (the model tints it), also beside colour (a grey face
+    pasted into a colour photo); a colour crop is left exactly as the model made it."""
+    runner = AgeTransGAN.create(tiny_model(), "cpu", "fp32")
+    torch.manual_seed(0)
+    colour = torch.rand(1, 64, 64, 3)
+    grey = torch.rand(1, 64, 64, 1).expand(-1, -1, -1, 3)
+    half = torch.cat([grey[:, :, :32], colour[:, :, 32:]], 2)
+    crops = torch.cat([colour, grey, half])
+    out = runner.generate(crops, torch.eye(10)[[9, 9, 9]], [1, 1, 1])
+    raw = runner.model(crops.permute(0, 3, 1, 2) * 2 - 1, torch.eye(10)[[9]].expand(3, -1), runner.model.make_noise([1, 1, 1], "cpu", torch.float32))
+    raw = ((raw.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    assert (raw[1].amax(-1) - raw[1].amin(-1)).mean() > 0.01  # the tint the rule takes out
+    torch.testing.assert_close(out[0], raw[0], atol=1e-5, rtol=0)
+    spread = out.amax(-1) - out.amin(-1)
+    assert spread[1].max() < 1e-5 and spread[2, :, :24].max() < 1e-5
+    torch.testing.assert_close(out[2, :, 40:], raw[2, :, 40:], atol=1e-5, rtol=0)
+    luma = raw[1] @ torch.tensor([0.299, 0.587, 0.114])
+    torch.testing.assert_close(out[1, ..., 0], luma, atol=1e-5, rtol=0)
+
+
 def test_sweep_of_one_face():
     runner = AgeTransGAN.create(tiny_model(), "cpu", "fp32")
     crop = torch.rand(1, 48, 48, 3)  # another size: resampled to the model's

@@ -192,5 +192,9 @@ def test_demo_command_writes_results_and_sheet(models, tmp_path, monkeypatch, ca
     assert "20-29, 70+" in capsys.readouterr().out
     assert Image.open(tmp_path / "result_70+.png").size == (512, 512)  # the driver's size
     assert Image.open(tmp_path / "sheet.png").size == (4 * 96, 16 + 96)
+    # The default is the absolute mode, with the bundled AIFD encoder; the relative mode needs no identity file.
+    absolute = Image.open(tmp_path / "result_70+.png").copy()
+    assert cli.main(["demo", "--out", str(tmp_path), "--target", "70+", "--mode", "relative", "--sheet-size", "96"]) == 0
+    assert Image.open(tmp_path / "result_70+.png").tobytes() != absolute.tobytes()
     assert cli.main(["demo", "--out", str(tmp_path), "--agetransgan", "missing.safetensors"]) == 1
     assert "missing.safetensors" in capsys.readouterr().err

@@ -147,6 +147,17 @@ def test_api_workflow_runs_in_comfyui(server, name, tmp_path):
     assert [text[: len(start)] for text, start in zip(shown, TEXTS.get(name, ()))] == list(TEXTS.get(name, ())), shown
 
 
+def test_absolute_mode_with_the_bundled_identity_encoder_runs_in_comfyui(server, tmp_path):
+    """The photo-driver setting the reenact workflow's note points to: the AIFD encoder in the Reenactor Loader's
+    identity list, the absolute mode, in the real server."""
+    info = get(server, "/object_info")
+    assert BUNDLED["aifd"] in info["AgeReenactReenactorLoader"]["input"]["required"]["identity_model"][0]
+    graph = json.loads((API / "reenact.json").read_text())
+    settings = {"3.identity_model": BUNDLED["aifd"], "4.mode": "absolute"}
+    result = headless.run_file(API / "reenact.json", server["url"], image_uploads(graph), settings, tmp_path, timeout=600)
+    assert len(result.files) == sum(SAVED["reenact"].values()) and all(f.stat().st_size > 0 for f in result.files)
+
+
 def ui_to_prompt(workflow: dict, info: dict) -> dict:
     """A UI workflow converted with the server's own node definitions (/object_info), as the frontend does:
     every node type must exist there, widget values map to the inputs in the server's input order."""

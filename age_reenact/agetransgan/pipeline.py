@@ -17,7 +17,7 @@ from ..devices import PRECISIONS, resolve_device, resolve_dtype
 from ..face.crop import FaceCrops, detect_crops, extract_crops
 from ..face.detect import FaceDetector
 from ..face.paste import paste_crops
-from ..images import to_image_batch
+from ..images import keep_colourless, to_image_batch
 from .generator import AgeTransGANGenerator
 
 Progress = Callable[[int, int], None]
@@ -82,6 +82,7 @@ class AgeTransGAN:
         """Aligned crops IMAGE [N, size, size, 3] 0..1, codes [N, G], one seed per crop -> IMAGE [N, size, size, 3].
 
         Each crop's noise comes from its own seed, so a crop gives the same result alone or in any batch.
+        Grey parts of a crop stay grey (`keep_colourless`).
         """
         crops = self.to_model_size(crops)
         n = crops.shape[0]
@@ -96,7 +97,7 @@ class AgeTransGAN:
                 x = x.contiguous(memory_format=torch.channels_last)
             noise = self.model.make_noise(seeds[start:stop], self.device, self.dtype)
             y = self.model(x, codes[start:stop].to(self.device), noise)
-            out[start:stop] = ((y.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()
+            out[start:stop] = keep_colourless(crops[start:stop], ((y.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu())
             if progress is not None:
                 progress(stop, n)
         return out

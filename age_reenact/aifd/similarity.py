@@ -20,7 +20,7 @@ from .encoder import AIFDEncoder
 SIGNED = (-1.0, 1.0)  # AgeTransGAN outputs and E_A's own input
 UNIT = (0.0, 1.0)  # ComfyUI IMAGE values
 Progress = Callable[[int, int], None]
-DEFAULT_THRESHOLD = 0.35  # a common ArcFace-style operating point; calibrate per model (see FaceSimilarity)
+DEFAULT_THRESHOLD = 0.27  # the bundled encoder's best on LFW train pairs (its card); calibrate other models (see FaceSimilarity)
 
 
 def encoder_input(faces: torch.Tensor, value_range: tuple[float, float] = SIGNED, size: int = 112) -> torch.Tensor:
@@ -83,8 +83,8 @@ class FaceSimilarity:
 
     With a `detector`, whole frames are searched for their largest face, which is warped to the
     ArcFace 112 crop; without one, the inputs must already be aligned square face crops. The
-    default threshold is a starting point: for a trained encoder set it at the false-accept rate you
-    need, measured on pairs of different people.
+    default threshold is the bundled encoder's (most accurate on LFW train pairs); for another encoder,
+    or another false-accept rate, measure it on pairs of different people.
     """
 
     def __init__(
