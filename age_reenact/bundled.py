@@ -15,7 +15,7 @@ from .model_paths import BUNDLED
 from .weights import build_model, create_model, read_weights
 
 ARCHITECTURES = {"agetransgan": "agetransgan_generator", "reenactor": "dual_generator_reenactor", "age_estimator": "age_resnet", "aifd": "aifd_encoder"}
-# The default ('small') presets of the training tasks in training/, for families not bundled yet.
+# The default ('small') presets of the training tasks in training/, for a family whose bundled file is missing.
 TRAINED_CONFIGS = {
     "agetransgan": dict(size=128, group=10, style_dim=128, n_mlp=4, channel_multiplier=1),
     "reenactor": dict(size=128, style_dim=64, identity_dim=64, identity_source="aifd", base_channels=32, max_conv_dim=128),
@@ -36,7 +36,7 @@ def bundled_config(family: str) -> tuple[dict, str]:
     path = bundled_path(family)
     if path is not None:
         return read_weights(path, ARCHITECTURES[family]).config, path.name
-    return TRAINED_CONFIGS[family], "not bundled yet: random weights at the trained size"
+    return TRAINED_CONFIGS[family], "bundled file not found: random weights at the trained size"
 
 
 def bundled_or_random(family: str, seed: int = 0) -> tuple[nn.Module, str]:

@@ -50,6 +50,18 @@ def _identity_file(name: str | None) -> Path | None:
         return _model_file("aifd", name)
 
 
+def _default_identity(reenactor_file: Path) -> str | None:
+    """The identity encoder a reenactor's absolute mode needs when none is given: the bundled AIFD encoder for
+    the pack's models, none for models that make their own code; official ones need their VGG-Face file."""
+    from .weights import read_weights
+
+    source = read_weights(reenactor_file, "dual_generator_reenactor").config.get("identity_source", "vggface")
+    if source == "vggface":
+        raise ValueError(f"{reenactor_file.name} is an official reenactor: its absolute mode needs the VGG-Face file "
+                         "(--identity-model vggface_fc7.safetensors, made by `age-reenact convert vggface_dag`), or use --mode relative.")
+    return BUNDLED["aifd"] if source == "aifd" else None
+
+
 def _model_file(family: str, name: str) -> Path:
     """A model given as a file path, or as a name in the family's model folders."""
     from .model_paths import resolve_model
@@ -176,8 +188,9 @@ def _demo(args: argparse.Namespace) -> None:
     from .images import to_image_batch
     from .reenact.pipeline import load_reenactor
 
-    identity = args.identity_model or (BUNDLED["aifd"] if args.mode == "absolute" else None)
-    reenactor = load_reenactor(_model_file("reenactor", args.reenactor), _identity_file(identity), args.device, args.precision)
+    reenactor_file = _model_file("reenactor", args.reenactor)
+    identity = args.identity_model or (_default_identity(reenactor_file) if args.mode == "absolute" else None)
+    reenactor = load_reenactor(reenactor_file, _identity_file(identity), args.device, args.precision)
     ager = AgeTransGAN.create(load_generator(_model_file("agetransgan", args.agetransgan)), args.device, args.precision)
     source, driver = load_image(args.source), load_image(args.driver)
     settings = ChainSettings(order=args.order, mode=args.mode, seed=args.seed)

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .filters import gaussian_blur
-
 MIN_SIDE = 16
 MAX_SIDE = 16384
 
@@ -184,19 +182,3 @@ def save_image(image: torch.Tensor, path: str | Path) -> None:
         image = image[0]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(image)).save(path)
-
-
-COLOURLESS = (3 / 255, 10 / 255)  # channel spread (max - min) at which a source region starts / stops counting as grey
-
-
-def keep_colourless(sources: torch.Tensor, outputs: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
-    """Outputs [B, H, W, 3] of a model trained on colour faces, made grey (Rec. 601 luma) where the source
-    [B, H, W, 3] is grey, with a soft edge: such models tint black-and-white photos (AgeTransGAN's old groups
-    turn them cyan), and a grey face pasted into a colour frame must stay grey beside colour hair."""
-    spread = (sources.amax(-1) - sources.amin(-1))[:, None]
-    lo, hi = COLOURLESS
-    colour = ((gaussian_blur(spread, sigma) - lo) / (hi - lo)).clamp(0, 1)[:, 0, ..., None]
-    if bool((colour == 1).all()):
-        return outputs
-    luma = (outputs @ torch.tensor([0.299, 0.587, 0.114], dtype=outputs.dtype, device=outputs.device))[..., None]
-    return luma + colour * (outputs - luma)

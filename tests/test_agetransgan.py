@@ -13,6 +13,7 @@ from age_reenact.age_groups import FFHQ_AGING_4, FFHQ_AGING_10, groups_for
 from age_reenact.agetransgan import AgeTransGAN, AgeTransGANGenerator, age_code, between_code, code_label, load_generator, sweep_codes
 from age_reenact.agetransgan.convert import infer_config, preprocessing_for
 from age_reenact.agetransgan.layers import ModulatedConv2d, upfirdn2d
+from age_reenact.colour import keep_colourless
 from age_reenact.weights import WeightsError, convert_checkpoint, read_weights, save_weights
 
 TINY = dict(size=64, group=10, style_dim=32, n_mlp=2, channel_multiplier=1)
@@ -309,23 +310,28 @@ def test_same_seed_same_image_and_batch_equals_one_by_one():
 
 def test_grey_parts_of_a_crop_stay_grey():
     """A black-and-white face stays black-and-white (the model tints it), also beside colour (a grey face
-    pasted into a colour photo); a colour crop is left exactly as the model made it."""
+    pasted into a colour photo); colour crops, with or without the black outside a photo, are left exactly as
+    the model made them."""
     runner = AgeTransGAN.create(tiny_model(), "cpu", "fp32")
     torch.manual_seed(0)
-    colour = torch.rand(1, 64, 64, 3)
+    colour = torch.rand(1, 64, 64, 3) * 0.8 + 0.2
     grey = torch.rand(1, 64, 64, 1).expand(-1, -1, -1, 3)
     half = torch.cat([grey[:, :, :32], colour[:, :, 32:]], 2)
-    crops = torch.cat([colour, grey, half])
-    out = runner.generate(crops, torch.eye(10)[[9, 9, 9]], [1, 1, 1])
-    raw = runner.model(crops.permute(0, 3, 1, 2) * 2 - 1, torch.eye(10)[[9]].expand(3, -1), runner.model.make_noise([1, 1, 1], "cpu", torch.float32))
+    off_photo = F.pad(colour[:, 10:, 12:], (0, 0, 0, 12, 0, 10))  # the crop ran over the photo's corner: black
+    crops = torch.cat([colour, grey, half, off_photo])
+    codes, seeds = torch.eye(10)[[9] * 4], [1] * 4
+    out = runner.generate(crops, codes, seeds)
+    raw = runner.model(crops.permute(0, 3, 1, 2) * 2 - 1, codes, runner.model.make_noise(seeds, "cpu", torch.float32))
     raw = ((raw.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
     assert (raw[1].amax(-1) - raw[1].amin(-1)).mean() > 0.01  # the tint the rule takes out
-    torch.testing.assert_close(out[0], raw[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[[0, 3]], raw[[0, 3]], atol=1e-5, rtol=0)
     spread = out.amax(-1) - out.amin(-1)
     assert spread[1].max() < 1e-5 and spread[2, :, :24].max() < 1e-5
     torch.testing.assert_close(out[2, :, 40:], raw[2, :, 40:], atol=1e-5, rtol=0)
     luma = raw[1] @ torch.tensor([0.299, 0.587, 0.114])
     torch.testing.assert_close(out[1, ..., 0], luma, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="B, H, W, 3"):
+        keep_colourless(crops[:1], out)
 
 
 def test_sweep_of_one_face():

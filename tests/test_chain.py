@@ -198,3 +198,19 @@ def test_demo_command_writes_results_and_sheet(models, tmp_path, monkeypatch, ca
     assert Image.open(tmp_path / "result_70+.png").tobytes() != absolute.tobytes()
     assert cli.main(["demo", "--out", str(tmp_path), "--agetransgan", "missing.safetensors"]) == 1
     assert "missing.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["style", "vggface"])
+def test_demo_absolute_mode_takes_the_identity_file_its_reenactor_needs(source, tmp_path, monkeypatch, capsys):
+    """The bundled AIFD encoder is the default only for reenactors trained on AIFD codes: one that makes its own
+    code needs none, an official one is told to give its VGG-Face file."""
+    from age_reenact import cli
+
+    reenactor = {**TINY["reenactor"], "identity_source": source, "identity_dim": TINY["reenactor"]["style_dim"] if source == "style" else 4096}
+    monkeypatch.setenv("AGE_REENACT_MODELS", str(write_models(tmp_path / "models", {**TINY, "reenactor": reenactor})))
+    code = cli.main(["demo", "--out", str(tmp_path / "out"), "--target", "70+", "--sheet-size", "96"])
+    if source == "style":
+        assert code == 0 and (tmp_path / "out" / "result_70+.png").is_file()
+    else:
+        assert code == 1 and "--identity-model vggface_fc7.safetensors" in capsys.readouterr().err
+

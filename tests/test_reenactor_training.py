@@ -20,7 +20,7 @@ from age_reenact.images import to_uint8
 from age_reenact.reenact.pipeline import load_reenactor
 from age_reenact.weights import read_weights
 from training.face_data import FLIP_68, AlignedFaces
-from training.reenactor import FaceItem, PatchDiscriminator, ReenactorTask, r1_penalty, reenactor_items
+from training.reenactor import FaceItem, PatchDiscriminator, ReenactorTask, mouth_gap_error, r1_penalty, reenactor_items
 
 
 def fgnet_folder(root, rows, photo=None):
@@ -459,3 +459,24 @@ def test_shape_batches_take_the_identity_code_of_another_photo():
     partner = codes[:, 0].numpy() / 10
     assert set(index) == {1, 2, 3, 4, 5} and not np.any(partner == index)
     assert all(people[int(a)] == people[int(b)] for a, b in zip(index, partner))
+
+
+def test_mouth_gap_error_sees_the_mouth_opening_only():
+    face = torch.from_numpy(np.random.default_rng(0).uniform(0.2, 0.8, (2, 68, 2))).float()
+    moved = face + torch.tensor([0.05, -0.02])  # the whole face shifted: the same opening
+    opened = face.clone()
+    opened[:, [65, 66, 67], 1] += 0.03  # the lower inner lip drops 3 % of the crop
+    assert mouth_gap_error(face.flatten(1), moved.flatten(1)) < 1e-6
+    assert mouth_gap_error(face.flatten(1), opened.flatten(1)) == pytest.approx(0.03, abs=1e-6)
+
+
+def test_shape_only_fine_tune_keeps_the_face_generator_and_trains_the_mouth_term(tiny_data, straight_run, tmp_path):
+    start, _ = straight_run
+    history = train(tiny_data, tmp_path, "--steps", "2", "--init-reenactor", str(start / "reenactor.safetensors"), "--shape-only",
+                    "--mouth-weight", "100", "--shape-class-weight", "0.5", "--shape-batch-size", "16")
+    assert [r["step"] for r in history] == [1, 2] and all(np.isfinite(r["shape_mouth"]) and "l1" not in r for r in history)
+    initial = read_weights(start / "reenactor.safetensors", ("dual_generator_reenactor",)).state_dict
+    tuned = read_weights(tmp_path / "reenactor.safetensors", ("dual_generator_reenactor",)).state_dict
+    assert all(torch.equal(tuned[k], initial[k]) for k in initial if k.startswith("rfg."))
+    assert any(not torch.equal(tuned[k], initial[k]) for k in initial if k.startswith("idsg."))
+

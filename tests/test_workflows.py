@@ -332,7 +332,7 @@ def test_api_workflow_runs_on_bundled_weights(name, classes, monkeypatch):
     for node in graph.values():
         family = LOADER_FAMILIES.get(node["class_type"])
         if family and not (model_paths.PACK_WEIGHTS / family / node["inputs"]["model_name"]).is_file():
-            pytest.skip(f"needs the bundled weights/{family}/{node['inputs']['model_name']} (not shipped yet)")
+            pytest.skip(f"needs the bundled weights/{family}/{node['inputs']['model_name']} (not found)")
     check_outputs(name, graph, run_graph(graph, classes))
 
 

@@ -244,6 +244,21 @@ class PerceptualLoss(nn.Module):
         return loss / len(self.stages)
 
 
+INNER_LIPS = ([61, 62, 63], [67, 66, 65])  # iBUG-68: upper and lower inner-lip points facing each other
+
+
+def mouth_gap_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean distance between the inner-lip gaps (lower minus upper point, three pairs) of landmark sets
+    [B, 136]: how far a's mouth opening is from b's, whatever the rest of the face."""
+    upper, lower = INNER_LIPS
+
+    def gaps(x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 68, 2)
+        return x[:, lower] - x[:, upper]
+
+    return (gaps(a) - gaps(b)).norm(dim=-1).mean()
+
+
 def point_error(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean per-point Euclidean distance of flattened landmark sets [B, 136], optionally weighted per point [68]
     (weights with mean 1 keep the scale)."""
@@ -431,6 +446,15 @@ class ReenactorTask(Task):
 
     # ---- training ---------------------------------------------------------------------------------
     def train_step(self, ctx: Context) -> dict[str, float]:
+        losses = {} if self.args.shape_only else self._face_batch_step(ctx)
+        for stream in range(1, self.args.shape_steps + 1):
+            losses.update(self._shape_step(ctx, *self._shape_batch(ctx, ctx.generator(stream=stream))))
+        self._update_ema(ctx.step)
+        if ctx.is_main and self.args.sample_every and (ctx.step + 1) % self.args.sample_every == 0:
+            self.write_samples(ctx.out_dir / "samples" / f"step_{ctx.step + 1:06d}.png", ctx.device)
+        return losses
+
+    def _face_batch_step(self, ctx: Context) -> dict[str, float]:
         generator = ctx.generator()
         index = ctx.epoch_batch(self.train_index)
         partner = self.partners(index, generator, self.args.self_share)
@@ -438,13 +462,7 @@ class ReenactorTask(Task):
         style_images, style_points = self.style_images(index, partner, generator)
         style_images = style_images.to(ctx.device)
         warped = warp_to_landmarks(style_images, style_points, points) if self.model.source_warp else None
-        losses = self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images, warped)
-        for stream in range(1, self.args.shape_steps + 1):
-            losses.update(self._shape_step(ctx, *self._shape_batch(ctx, ctx.generator(stream=stream))))
-        self._update_ema(ctx.step)
-        if ctx.is_main and self.args.sample_every and (ctx.step + 1) % self.args.sample_every == 0:
-            self.write_samples(ctx.out_dir / "samples" / f"step_{ctx.step + 1:06d}.png", ctx.device)
-        return losses
+        return self._face_step(ctx, targets.to(ctx.device), render_sketches(points, self.size).to(ctx.device), style_images, warped)
 
     def _r1_due(self, ctx: Context) -> bool:
         return self.args.r1_gamma > 0 and ctx.step % max(1, self.args.r1_every) == 0
@@ -535,13 +553,15 @@ class ReenactorTask(Task):
         classification = identity_loss(fake_class, labels)
         rec, cyc = point_error(reconstruction, driver, self.point_weights), point_error(cycle, other, self.point_weights)
         consistency = (cross_code - other_code).abs().mean()
-        loss = args.landmark_weight * (rec + cyc) + consistency + args.adv_weight * adversarial + classification
+        mouth = mouth_gap_error(cross, other)  # the code's own photo's mouth must not override the driver's
+        loss = (args.landmark_weight * (rec + cyc) + consistency + args.adv_weight * adversarial
+                + args.shape_class_weight * classification + args.mouth_weight * mouth)
         self.opt_shape.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_shape.step()
         return {
             "shape_rec": rec.item(), "shape_cycle": cyc.item(), "shape_code": consistency.item(),
-            "shape_adv": adversarial.item(), "shape_cls": classification.item(), "critic_loss": critic_loss.item(),
+            "shape_adv": adversarial.item(), "shape_cls": classification.item(), "shape_mouth": mouth.item(), "critic_loss": critic_loss.item(),
         }
 
     @torch.no_grad()
@@ -704,6 +724,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lip-weight", type=float, default=1.0, help="weight of the 20 lip points in the shape reconstruction/cycle, against 1 for the others")
     parser.add_argument("--shape-batch-size", type=int, default=8, help="faces of paired people per shape generator update (landmarks only: cheap)")
     parser.add_argument("--shape-steps", type=int, default=1, help="shape generator updates per training step")
+    parser.add_argument("--shape-class-weight", type=float, default=1.0,
+                        help="weight of the landmark classifier's term: the cross-identity shape must look like the code's person")
+    parser.add_argument("--mouth-weight", type=float, default=0.0,
+                        help="weight of the driver's mouth opening (inner-lip gaps) kept in the cross-identity shape: "
+                             "identity codes carry their photo's expression, which the shape generator otherwise copies")
+    parser.add_argument("--shape-only", action="store_true",
+                        help="train only the shape generator and its critic; the face generator stays as --init-reenactor gave it")
     parser.add_argument("--r1-gamma", type=float, default=1.0)
     parser.add_argument("--r1-every", type=int, default=4, help="lazy R1: every N steps, scaled by N")
     parser.add_argument("--ema-decay", type=float, default=0.999)

@@ -17,7 +17,8 @@ from ..devices import PRECISIONS, resolve_device, resolve_dtype
 from ..face.crop import FaceCrops, detect_crops, extract_crops
 from ..face.detect import FaceDetector
 from ..face.paste import paste_crops
-from ..images import keep_colourless, to_image_batch
+from ..colour import keep_colourless
+from ..images import to_image_batch
 from .generator import AgeTransGANGenerator
 
 Progress = Callable[[int, int], None]
@@ -97,7 +98,7 @@ class AgeTransGAN:
                 x = x.contiguous(memory_format=torch.channels_last)
             noise = self.model.make_noise(seeds[start:stop], self.device, self.dtype)
             y = self.model(x, codes[start:stop].to(self.device), noise)
-            out[start:stop] = keep_colourless(crops[start:stop], ((y.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu())
+            out[start:stop] = keep_colourless(crops[start:stop], ((y.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)).cpu()
             if progress is not None:
                 progress(stop, n)
         return out
