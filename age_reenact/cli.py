@@ -58,7 +58,8 @@ def _default_identity(reenactor_file: Path) -> str | None:
     source = read_weights(reenactor_file, "dual_generator_reenactor").config.get("identity_source", "vggface")
     if source == "vggface":
         raise ValueError(f"{reenactor_file.name} is an official reenactor: its absolute mode needs the VGG-Face file "
-                         "(--identity-model vggface_fc7.safetensors, made by `age-reenact convert vggface_dag`), or use --mode relative.")
+                         "(--identity-model vggface_fc7.safetensors, made by `age-reenact convert vggface_dag vgg_face_dag.pth vggface_fc7.safetensors`), "
+                         "or use --mode relative.")
     return BUNDLED["aifd"] if source == "aifd" else None
 
 
@@ -330,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="absolute: the driver's head pose (the paper's shape generator; needs the identity encoder); relative: only the driver's place, size and roll for a photo")
     demo.add_argument("--agetransgan", default=BUNDLED["agetransgan"], help="file, or a name in the agetransgan folders")
     demo.add_argument("--reenactor", default=BUNDLED["reenactor"], help="file, or a name in the reenactor folders")
-    demo.add_argument("--identity-model", help=f"the identity encoder of the absolute mode: file, or a name in the aifd folders (default {BUNDLED['aifd']}, the pack's reenactor's)")
+    demo.add_argument("--identity-model", help=f"the identity encoder of the absolute mode: file, or a name in the aifd folders "
+                      f"(default: {BUNDLED['aifd']} for the pack's reenactors, none for those that make their own code)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     demo.add_argument("--seed", type=int, default=0)

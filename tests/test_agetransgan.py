@@ -318,8 +318,10 @@ def test_grey_parts_of_a_crop_stay_grey():
     grey = torch.rand(1, 64, 64, 1).expand(-1, -1, -1, 3)
     half = torch.cat([grey[:, :, :32], colour[:, :, 32:]], 2)
     off_photo = F.pad(colour[:, 10:, 12:], (0, 0, 0, 12, 0, 10))  # the crop ran over the photo's corner: black
-    crops = torch.cat([colour, grey, half, off_photo])
-    codes, seeds = torch.eye(10)[[9] * 4], [1] * 4
+    pale = torch.full((1, 64, 64, 3), 0.8)  # a pale face (spread 15/255) on a light-grey background
+    pale[:, 16:48, 16:48] += torch.tensor([15, 7, 0]) / 255
+    crops = torch.cat([colour, grey, half, off_photo, pale])
+    codes, seeds = torch.eye(10)[[9] * 5], [1] * 5
     out = runner.generate(crops, codes, seeds)
     raw = runner.model(crops.permute(0, 3, 1, 2) * 2 - 1, codes, runner.model.make_noise(seeds, "cpu", torch.float32))
     raw = ((raw.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
@@ -328,6 +330,8 @@ def test_grey_parts_of_a_crop_stay_grey():
     spread = out.amax(-1) - out.amin(-1)
     assert spread[1].max() < 1e-5 and spread[2, :, :24].max() < 1e-5
     torch.testing.assert_close(out[2, :, 40:], raw[2, :, 40:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[4, 24:40, 24:40], raw[4, 24:40, 24:40], atol=1e-5, rtol=0)  # the pale face keeps its colour
+    assert spread[4, :8].max() < 1e-5  # and the grey background stays grey
     luma = raw[1] @ torch.tensor([0.299, 0.587, 0.114])
     torch.testing.assert_close(out[1, ..., 0], luma, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="B, H, W, 3"):

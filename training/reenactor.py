@@ -391,6 +391,8 @@ class ReenactorTask(Task):
             **({"source_warp": True} if args.source_warp else {}),
         }
         self.model = DualGeneratorReenactor(**self.config).to(ctx.device)
+        if args.shape_only and not args.init_reenactor:
+            raise ValueError("--shape-only keeps the face generator as it is: give the file it comes from with --init-reenactor")
         if args.init_reenactor:
             self._initialise(args.init_reenactor, ctx)
         self.model.rfg.generator.to_rgb_lm.requires_grad_(False)  # unused (kept for official weights): DDP wants grads for all others
@@ -434,6 +436,10 @@ class ReenactorTask(Task):
             return not (other_code and name.startswith("idsg.")) and not (new_warp and name.startswith("rfg.generator.to_rgb.2."))
 
         loaded = {k: v for k, v in build_model(weights).state_dict().items() if k in own and own[k].shape == v.shape and keep(k)}
+        missing = sorted(k for k in own if k.startswith("rfg.") and k not in loaded)
+        if self.args.shape_only and missing:
+            raise ValueError(f"--shape-only would export a face generator partly untrained: {Path(path).name} lacks {missing[:3]}... "
+                             "(another preset, or --source-warp where the file has none?)")
         self.model.load_state_dict(loaded, strict=False)
         if ctx.is_main:
             print(f"initialised {len(loaded)} of {len(own)} tensors from {Path(path).name}; new: {sorted(set(own) - set(loaded))}")
@@ -449,7 +455,8 @@ class ReenactorTask(Task):
         losses = {} if self.args.shape_only else self._face_batch_step(ctx)
         for stream in range(1, self.args.shape_steps + 1):
             losses.update(self._shape_step(ctx, *self._shape_batch(ctx, ctx.generator(stream=stream))))
-        self._update_ema(ctx.step)
+        if not self.args.shape_only:
+            self._update_ema(ctx.step)
         if ctx.is_main and self.args.sample_every and (ctx.step + 1) % self.args.sample_every == 0:
             self.write_samples(ctx.out_dir / "samples" / f"step_{ctx.step + 1:06d}.png", ctx.device)
         return losses
@@ -641,6 +648,7 @@ class ReenactorTask(Task):
             "data": self.data,
             "augmentation": {"elastic": args.elastic, "self_share": args.self_share, "copy_changes": copy_changes(self.jitter_copy)},
             "init_reenactor": Path(args.init_reenactor).name if args.init_reenactor else "",
+            "shape_only": args.shape_only, "shape_losses": {"lip_weight": args.lip_weight, "mouth_weight": args.mouth_weight, "class_weight": args.shape_class_weight},
             "perceptual": self.perceptual.name, "identity_source": self.config["identity_source"], "ema": "face generator and style encoder",
         }
         file = save_weights(path / "reenactor.safetensors", state, "dual_generator_reenactor", self.config, {**PREPROCESSING, "size": self.size}, provenance)
