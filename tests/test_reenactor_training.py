@@ -479,13 +479,9 @@ def test_shape_only_fine_tune_keeps_the_face_generator_and_trains_the_mouth_term
     tuned = read_weights(tmp_path / "reenactor.safetensors", ("dual_generator_reenactor",)).state_dict
     assert all(torch.equal(tuned[k], initial[k]) for k in initial if k.startswith("rfg."))
     assert any(not torch.equal(tuned[k], initial[k]) for k in initial if k.startswith("idsg."))
-    assert tuned_provenance(tmp_path)["shape_only"] is True
+    assert read_weights(tmp_path / "reenactor.safetensors", ("dual_generator_reenactor",)).provenance["shape_only"] is True
     # Without the file to keep, or with one that does not fill the face generator, it refuses.
     for extra, message in (([], "give the file it comes from"), (["--init-reenactor", str(start / "reenactor.safetensors"), "--source-warp"], "partly untrained")):
         with pytest.raises(AssertionError, match=message):
             train(tiny_data, tmp_path / "refused", "--steps", "1", "--shape-only", *extra)
-
-
-def tuned_provenance(run: Path) -> dict:
-    return read_weights(run / "reenactor.safetensors", ("dual_generator_reenactor",)).provenance
 

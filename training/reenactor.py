@@ -60,6 +60,7 @@ from tqdm import tqdm
 from age_reenact.aifd.encoder import load_encoder
 from age_reenact.aifd.similarity import UNIT, encoder_input
 from age_reenact.estimator.predict import prepare
+from age_reenact.evaluation.reenact_eval import INNER_LIPS
 from age_reenact.images import save_image
 from age_reenact.labels import fgnet_items, lfw_items, utkface_items
 from age_reenact.reenact.convert import PREPROCESSING
@@ -242,9 +243,6 @@ class PerceptualLoss(nn.Module):
             fake_features, real_features = x.float().chunk(2)
             loss = loss + (fake_features - real_features.detach()).abs().mean()
         return loss / len(self.stages)
-
-
-INNER_LIPS = ([61, 62, 63], [67, 66, 65])  # iBUG-68: upper and lower inner-lip points facing each other
 
 
 def mouth_gap_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -82,10 +82,14 @@ def head_turn(landmarks: np.ndarray) -> float:
     return float(np.dot(landmarks[30] - (left + right) / 2, axis) / max(np.dot(axis, axis), 1e-9))
 
 
+INNER_LIPS = ([61, 62, 63], [67, 66, 65])  # iBUG-68: upper and lower inner-lip points facing each other
+
+
 def mouth_opening(landmarks: np.ndarray) -> float:
     """Mean gap between the inner lips (61-67, 62-66, 63-65) over the inter-ocular distance."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
-    gap = np.linalg.norm(landmarks[[61, 62, 63]] - landmarks[[67, 66, 65]], axis=-1).mean()
+    upper, lower = INNER_LIPS
+    gap = np.linalg.norm(landmarks[upper] - landmarks[lower], axis=-1).mean()
     return float(gap / max(inter_ocular(landmarks), 1e-9))
 
 
