@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from age_reenact.age_groups import FFHQ_AGING_4, FFHQ_AGING_10, groups_for
 from age_reenact.agetransgan import AgeTransGAN, AgeTransGANGenerator, age_code, between_code, code_label, load_generator, sweep_codes
 from age_reenact.agetransgan.convert import infer_config, preprocessing_for
+from age_reenact.agetransgan.generator import fine_detail
 from age_reenact.agetransgan.layers import ModulatedConv2d, upfirdn2d
 from age_reenact.colour import keep_colourless
 from age_reenact.weights import WeightsError, convert_checkpoint, read_weights, save_weights
@@ -429,3 +430,30 @@ def test_residual_output_adds_a_masked_change_and_round_trips(tmp_path):
     loaded = load_generator(path)
     assert loaded.residual_output and infer_config(loaded.state_dict())["residual_output"] is True
     assert "residual_output" not in infer_config(plain.state_dict())
+
+
+def test_detail_gain_scales_the_inputs_fine_detail_and_round_trips(tmp_path):
+    """The pack's second option: output = residual output + gain * (input - blur(input)). A new head has gain 0
+    (the output is the residual generator's); a constant gain scales exactly the input's high-pass part."""
+    model = tiny_model(size=64, group=10, residual_output=True, detail_gain=True).eval()
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    code, noise = torch.eye(10)[:2], model.make_noise([0, 1])
+    with torch.no_grad():
+        for to_rgb in (model.to_rgb1, *model.to_rgbs):
+            to_rgb.conv.weight.normal_()
+        residual = AgeTransGANGenerator(**TINY, residual_output=True).eval()
+        residual.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("to_gain.")})
+        assert torch.equal(model(image, code, noise), residual(image, code, noise))
+        model.to_gain.bias.fill_(0.5)
+        assert torch.allclose(model(image, code, noise), residual(image, code, noise) + 0.5 * fine_detail(image), atol=1e-6)
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert fine_detail(flat).abs().max() < 1e-6  # no detail in a flat patch, borders included
+
+    path = tmp_path / "detail.safetensors"
+    config = {**TINY, "lr_mlp": 0.01, "residual_output": True, "detail_gain": True}
+    save_weights(path, model.state_dict(), "agetransgan_generator", config, preprocessing_for(config))
+    loaded = load_generator(path)
+    assert loaded.detail_gain and infer_config(loaded.state_dict())["detail_gain"] is True
+    assert "detail_gain" not in infer_config(residual.state_dict())
+    with pytest.raises(ValueError, match="residual_output"):
+        AgeTransGANGenerator(**TINY, detail_gain=True)

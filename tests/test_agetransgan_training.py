@@ -10,12 +10,14 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import FIXTURES, ROOT
 from age_reenact.agetransgan.convert import load_generator, preprocessing_for
 from age_reenact.agetransgan.discriminator import AgeTransGANDiscriminator
+from age_reenact.agetransgan.generator import fine_detail
 from age_reenact.aifd.encoder import PREPROCESSING as AIFD_PREPROCESSING
 from age_reenact.aifd.encoder import AIFDEncoder
 from age_reenact.estimator.resnet import AgeResNet
@@ -23,7 +25,9 @@ from age_reenact.weights import build_model, read_weights, save_weights
 from training.__main__ import build_parser
 from training.age_group_data import parse_group, read_group_items
 from training.agetransgan import AgeTransGANTask
-from training.agetransgan_losses import PrototypeGuide, discriminator_losses, generator_losses, group_prototypes, low_pass_view
+from training.agetransgan_losses import (
+    DetailGuide, PrototypeGuide, detail_energy, discriminator_losses, generator_losses, group_means, group_prototypes, low_pass_view,
+)
 from training.diffaugment import diff_augment, parse_policy
 from training.engine import Context, RunConfig
 
@@ -338,6 +342,51 @@ def test_prototype_guide_is_zero_on_the_scaled_prototype_change_and_reaches_the_
     losses, _ = generator_losses(task.g, task.d, real, groups, target, noise, None, None, 10, prototype=guide)
     losses["prototype"].backward()
     assert sum(p.grad.abs().sum() for p in task.g.parameters() if p.grad is not None) > 0
+
+
+def test_detail_guide_is_zero_on_the_energy_scaled_detail_and_group_means_average_maps():
+    torch.manual_seed(0)
+    faces = torch.rand(6, 3, 32, 32)
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    energy = group_means(lambda index: detail_energy(faces[index]), groups, 3)
+    members = detail_energy(faces[:2])
+    assert energy.shape == (3, 1, 32, 32) and torch.allclose(energy[0], torch.cat([members, members.flip(-1)]).mean(0), atol=1e-7)
+    energy[2] = energy[1] * 4  # group 2 has four times group 1's detail energy everywhere
+    guide = DetailGuide(energy, exponent=1.0)
+    source = faces[2:4] * 2 - 1
+    source_group, target_group = torch.tensor([1, 1]), torch.tensor([2, 2])
+    assert torch.allclose(guide.ratio(source_group, target_group), torch.tensor(2.0))  # amplitude ratio: sqrt(4)
+    assert guide(source + fine_detail(source), source, source_group, target_group).item() == pytest.approx(0.0, abs=1e-6)
+    assert guide(source, source, source_group, target_group).item() > 0.01
+    assert guide(source, source, source_group, source_group).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_detail_gain_is_added_to_a_residual_generator_at_gain_zero_and_trains(setup_files, tmp_path):
+    """Fine-tuning a residual generator with --detail-gain: the new head changes nothing at first, the detail
+    guide reaches it, and the export carries it."""
+    task, _ = tiny_task(setup_files, tmp_path, residual_output=True)
+    plain = tmp_path / "residual.safetensors"
+    with torch.no_grad():
+        for to_rgb in (task.g_ema.to_rgb1, *task.g_ema.to_rgbs):
+            to_rgb.conv.weight.normal_()
+    save_weights(plain, task.g_ema.state_dict(), "agetransgan_generator", task.g_config, preprocessing_for(task.g_config))
+    grown, ctx = tiny_task(setup_files, tmp_path / "grown", init_generator=str(plain), detail_gain=True)
+    assert grown.g_config["detail_gain"]
+    real = grown.faces.crops([0, 1, 2, 3]) * 2 - 1
+    groups = grown.face_groups[:4]
+    code, noise = torch.nn.functional.one_hot((groups + 1) % 10, 10).float(), grown.g.make_noise([0, 1, 2, 3])
+    with torch.no_grad():
+        assert torch.allclose(grown.g(real, code, noise), task.g_ema(real, code, noise), atol=1e-6)
+    target, noise = grown.draw(groups, torch.Generator().manual_seed(0))
+    guide = DetailGuide(torch.rand(10, 1, 64, 64) + 0.1)  # the fixture faces do not cover every group
+    losses, _ = generator_losses(grown.g, grown.d, real, groups, target, noise, None, None, 10, detail=guide)
+    losses["detail"].backward()
+    assert grown.g.to_gain.conv.weight.grad.abs().sum() > 0
+    grown.export(ctx, tmp_path / "export")
+    assert load_generator(tmp_path / "export" / "agetransgan.safetensors").detail_gain
+    args = build_parser().parse_args(options(setup_files, tmp_path / "plain", "--detail-weight", "1"))
+    with pytest.raises(ValueError, match="--detail-gain"):
+        AgeTransGANTask(args).configure()
 
 
 def test_residual_output_refuses_a_whole_face_generator_to_start_from(setup_files, tmp_path):

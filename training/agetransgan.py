@@ -12,7 +12,9 @@ DiffAugment (training/diffaugment.py), a training option only: the exported gene
 `--residual-output` (the generator adds a masked change to its input; stored in the exported config),
 `--estimator-low-pass` (the estimator reads a blurred view of the outputs) and `--prototype-weight` (the coarse
 change follows the difference of the groups' mean faces) make the recipe that trains on a 2-core CPU
-(docs/results/agetransgan_training.md). The EMA generator is what is sampled, evaluated and
+(docs/results/agetransgan_training.md); `--detail-gain` with `--detail-weight` adds a head that scales the
+input's fine detail as the groups' texture differs (a generator fine-tuned without the head gets one that
+starts at gain 0). The EMA generator is what is sampled, evaluated and
 exported. Sample grids (rows = faces of the val split, spread over the list, columns = the input then the
 groups) go to samples/.
 """
@@ -42,7 +44,8 @@ from age_reenact.weights import build_model, read_weights, save_weights
 
 from .age_group_data import read_group_items
 from .agetransgan_losses import (
-    EstimatorGroupLoss, LossWeights, PrototypeGuide, discriminator_losses, generator_losses, group_prototypes, low_pass_view, weighted_sum,
+    DetailGuide, EstimatorGroupLoss, LossWeights, PrototypeGuide, detail_energy, discriminator_losses, generator_losses, group_means,
+    group_prototypes, low_pass_view, weighted_sum,
 )
 from .diffaugment import diff_augment, parse_policy
 from .engine import Context, RunConfig, Task, run, training_command
@@ -60,6 +63,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _with_detail_head(generator: AgeTransGANGenerator, config: dict) -> AgeTransGANGenerator:
+    """The same generator with a new detail-gain head at gain 0 (its output is unchanged until it trains)."""
+    grown = AgeTransGANGenerator(**config)
+    missing, unexpected = grown.load_state_dict(generator.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("to_gain.") for key in missing):
+        raise ValueError(f"cannot add a detail-gain head: keys differ ({sorted(unexpected)[:4]} {sorted(missing)[:4]})")
+    return grown.train()
+
+
 class AgeTransGANTask(Task):
     name = "agetransgan"
 
@@ -67,7 +79,8 @@ class AgeTransGANTask(Task):
         self.args = args
         self.weights = LossWeights(
             adversarial=args.adversarial_weight, age_d=args.cls_weight, age_d_real=args.cls_weight, age_estimator=args.estimator_weight,
-            cycle=args.cycle_weight, mi=args.mi_weight, prototype=args.prototype_weight, r1=args.r1, r1_every=args.r1_every,
+            cycle=args.cycle_weight, mi=args.mi_weight, prototype=args.prototype_weight, detail=args.detail_weight, r1=args.r1,
+            r1_every=args.r1_every,
         )
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -88,6 +101,14 @@ class AgeTransGANTask(Task):
             self.g_config = {**PRESETS[args.preset], **{k: v for k, v in chosen.items() if v is not None}, "group": 10, "lr_mlp": 0.01}
             if args.residual_output:
                 self.g_config["residual_output"] = True
+        if args.detail_gain and not self.g_config.get("detail_gain"):
+            if not self.g_config.get("residual_output"):
+                raise ValueError("--detail-gain scales the input's detail, so it needs a residual generator (--residual-output)")
+            self.g_config["detail_gain"] = True
+            if self.initial is not None:
+                self.initial = _with_detail_head(self.initial, self.g_config)
+        if args.detail_weight > 0 and not self.g_config.get("detail_gain"):
+            raise ValueError("--detail-weight trains the detail-gain head: add --detail-gain")
         self.groups = groups_for(self.g_config["group"])
 
     def setup(self, ctx: Context) -> None:
@@ -154,6 +175,11 @@ class AgeTransGANTask(Task):
             crops = lambda index: self.faces.crops(self.train_index[index])  # noqa: E731
             prototypes = group_prototypes(crops, self.face_groups[self.train_index].numpy(), self.groups.count)
             self.prototype = PrototypeGuide(prototypes, args.prototype_scale, args.prototype_blur).to(ctx.device)
+        self.detail = None
+        if w.detail > 0:
+            energy = lambda index: detail_energy(self.faces.crops(self.train_index[index]))  # noqa: E731
+            self.detail = DetailGuide(group_means(energy, self.face_groups[self.train_index].numpy(), self.groups.count), args.detail_exponent)
+            self.detail.to(ctx.device)
         if w.mi > 0 and self.mi is None and ctx.is_main:
             print("no --identity-encoder: the MI loss is off")
 
@@ -193,10 +219,11 @@ class AgeTransGANTask(Task):
         view = partial(low_pass_view, generator=rng) if self.args.estimator_low_pass else None
         with ctx.autocast():
             g_losses, fake = generator_losses(
-                self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view, self.prototype
+                self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view, self.prototype,
+                self.detail,
             )
         g_total = weighted_sum(g_losses, {"adversarial": w.adversarial, "age_d": w.age_d, "cycle": w.cycle, "age_estimator": w.age_estimator, "mi": w.mi,
-                                          "prototype": w.prototype})
+                                          "prototype": w.prototype, "detail": w.detail})
         self.g_optimizer.zero_grad(set_to_none=True)
         g_total.backward()
         self.g_optimizer.step()
@@ -269,6 +296,7 @@ class AgeTransGANTask(Task):
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
             "diffaugment": ",".join(args.diffaugment), "estimator_low_pass": args.estimator_low_pass,
             "prototype_scale": args.prototype_scale, "prototype_blur": args.prototype_blur, "freeze_mask": args.freeze_mask,
+            "detail_exponent": args.detail_exponent,
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
             "init_generator": Path(args.init_generator).name if args.init_generator else "", "command": training_command(),
         }
@@ -300,6 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the generator adds a masked change to its input instead of drawing the whole face (from scratch only)")
     model.add_argument("--freeze-mask", action="store_true",
                        help="with --residual-output: the mask head is not trained; from scratch it stays half open everywhere (an additive change)")
+    model.add_argument("--detail-gain", action="store_true",
+                       help="with --residual-output: a head that scales the input's fine detail (added at gain 0 to a generator without one)")
     model.add_argument("--d-width", type=int, help="discriminator width (default: the generator's style dim)")
     model.add_argument("--init-generator", help="fine-tune this generator (.safetensors or official .pt); its config wins")
     model.add_argument("--init-discriminator", help="start the discriminator from a discriminator.safetensors of an earlier run")
@@ -317,6 +347,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prototype guide: the output's blurred change follows the difference of the target and source groups' mean faces (0 = off)")
     losses.add_argument("--prototype-scale", type=float, default=1.5, help="the prototype guide's factor on that difference")
     losses.add_argument("--prototype-blur", type=float, default=2.0, help="the prototype guide's Gaussian sigma in px")
+    losses.add_argument("--detail-weight", type=float, default=0.0,
+                        help="detail guide: the output's fine detail is the input's scaled by the groups' texture-energy ratio (0 = off)")
+    losses.add_argument("--detail-exponent", type=float, default=4.0,
+                        help="the detail guide's power on the groups' detail-amplitude ratio (1 = as the groups differ; more exaggerates)")
     losses.add_argument("--r1", type=float, default=1.0, help="R1 gamma (0 = off)")
     losses.add_argument("--r1-every", type=int, default=16)
     losses.add_argument("--diffaugment", type=parse_policy, default=(), metavar="POLICIES",

@@ -7,6 +7,7 @@ Generator, for a source I_s of group s turned into Î_t = G(I_s, t) and back, Ĩ
     cycle          |Ĩ_s - I_s|_1                              back to the source group
     mi             1 - cos(E_A(I_s), E_A(Î_t))               the frozen AIFD encoder, on the 112 resize
     prototype      |blur(Î_t - I_s) - k blur(P_t - P_s)|_1     P_g: the mean aligned training face of group g
+    detail         |hp(Î_t - I_s - (r_st - 1) hp(I_s))|_1      hp: fine detail; r_st: the groups' detail-amplitude ratio
 Discriminator: softplus(D(Î_t, t)) + softplus(-D(I_s, s)) + CE(C_a(I_s), s), plus lazy R1 on the reals.
 With `estimator_view` (`low_pass_view`) the frozen estimator reads the outputs at a random lower resolution.
 Every weight is a field of `LossWeights`. With `augment` (DiffAugment, training/diffaugment.py) D reads every
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from age_reenact.agetransgan.generator import fine_detail
 from age_reenact.aifd.mi_loss import MILoss
 from age_reenact.estimator.predict import AgeEstimator, prepare, readouts
 from age_reenact.filters import gaussian_blur, through_resolution
@@ -36,6 +38,7 @@ class LossWeights:
     cycle: float = 10.0
     mi: float = 1.0
     prototype: float = 0.0
+    detail: float = 0.0
     r1: float = 1.0  # gamma: the penalty is gamma / 2 * |grad D(real)|^2
     r1_every: int = 16  # lazy regularisation: every N steps, scaled by N
 
@@ -99,21 +102,58 @@ class PrototypeGuide(nn.Module):
         return (change - wanted).abs().mean()
 
 
-def group_prototypes(crops: Callable[[np.ndarray], torch.Tensor], groups: np.ndarray, count: int, chunk: int = 512) -> torch.Tensor:
-    """Mean face of each group [count, 3, S, S] in [-1, 1], mirrored copies included (the training flips
-    faces, so the target must not lean left or right). `crops(indices)` gives faces in 0..1."""
+class DetailGuide(nn.Module):
+    """|hp(Î_t - I_s - (r_st - 1) hp(I_s))|_1: the fine detail of the output's change is the input's detail
+    times r_st - 1, so the output has more of the input's texture where the target group's faces have more
+    (older: wrinkles, pores) and less where they have less (younger: smooth skin) than the source group's.
+
+    r_st = sqrt(E_t / E_s) ** exponent, E_g the group's mean local detail energy per pixel
+    (`detail_energy`): Tiddeman, Burt & Perrett's texture-enhanced prototypes (2001), the texture the mean
+    faces of `PrototypeGuide` blur away. Exponent 1 follows the groups' detail amplitude; more exaggerates it, as
+    the prototype guide's scale does. The ratio is clamped to [1/4, 4]."""
+
+    def __init__(self, energy: torch.Tensor, exponent: float = 4.0):
+        """energy: [G, 1, S, S] mean detail energy per group."""
+        super().__init__()
+        self.exponent = exponent
+        self.register_buffer("energy", energy.float().clamp(min=1e-6))
+
+    def ratio(self, source_group: torch.Tensor, target_group: torch.Tensor) -> torch.Tensor:
+        return (self.energy[target_group] / self.energy[source_group]).pow(self.exponent / 2).clamp(0.25, 4.0)
+
+    def forward(self, fake: torch.Tensor, source: torch.Tensor, source_group: torch.Tensor, target_group: torch.Tensor) -> torch.Tensor:
+        source = source.float()
+        wanted = (self.ratio(source_group, target_group) - 1) * fine_detail(source)
+        return fine_detail(fake.float() - source - wanted).abs().mean()
+
+
+def detail_energy(faces: torch.Tensor) -> torch.Tensor:
+    """Local energy of the faces' fine detail [B, 1, S, S]: the squared high-pass of the luminance, blurred
+    (sigma 3 px) into a map of where the texture is."""
+    detail = fine_detail(faces.mean(1, keepdim=True))
+    return gaussian_blur(detail * detail, 3.0)
+
+
+def group_means(maps: Callable[[np.ndarray], torch.Tensor], groups: np.ndarray, count: int, chunk: int = 512) -> torch.Tensor:
+    """Mean of a per-face map over each group [count, C, S, S], mirrored copies included (the training flips
+    faces, so a target must not lean left or right). `maps(indices)` gives the maps of those faces."""
     sums, totals = None, np.zeros(count)
     for start in range(0, len(groups), chunk):
-        faces = crops(np.arange(start, min(start + chunk, len(groups))))
-        faces = faces + faces.flip(-1)
+        values = maps(np.arange(start, min(start + chunk, len(groups))))
+        values = values + values.flip(-1)
         part = torch.from_numpy(groups[start : start + chunk]).long()
-        summed = torch.zeros(count, *faces.shape[1:]).index_add_(0, part, faces)
+        summed = torch.zeros(count, *values.shape[1:]).index_add_(0, part, values)
         sums = summed if sums is None else sums + summed
         totals += 2 * np.bincount(part.numpy(), minlength=count)
     if (totals == 0).any():
         missing = [g for g in range(count) if totals[g] == 0]
-        raise ValueError(f"no training faces in age groups {missing}: the prototype guide needs every group")
-    return sums / torch.from_numpy(totals).float()[:, None, None, None] * 2 - 1
+        raise ValueError(f"no training faces in age groups {missing}: the group targets need every group")
+    return sums / torch.from_numpy(totals).float()[:, None, None, None]
+
+
+def group_prototypes(crops: Callable[[np.ndarray], torch.Tensor], groups: np.ndarray, count: int, chunk: int = 512) -> torch.Tensor:
+    """Mean face of each group [count, 3, S, S] in [-1, 1]. `crops(indices)` gives faces in 0..1."""
+    return group_means(crops, groups, count, chunk) * 2 - 1
 
 
 def generator_losses(
@@ -129,6 +169,7 @@ def generator_losses(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     estimator_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     prototype: PrototypeGuide | None = None,
+    detail: DetailGuide | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Unweighted generator loss terms (fp32 scalars) and the generated faces Î_t (not augmented).
 
@@ -149,6 +190,8 @@ def generator_losses(
         losses["mi"] = mi(source, fake.float())
     if prototype is not None:
         losses["prototype"] = prototype(fake, source, source_group, target_group)
+    if detail is not None:
+        losses["detail"] = detail(fake, source, source_group, target_group)
     return losses, fake
 
 

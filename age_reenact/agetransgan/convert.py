@@ -52,6 +52,8 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
     if "to_mask.bias" in state_dict:  # this pack's residual training option; official files never have it
         config["residual_output"] = True
+    if "to_gain.bias" in state_dict:
+        config["detail_gain"] = True
     return config
 
 

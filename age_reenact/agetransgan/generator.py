@@ -12,6 +12,10 @@ decoder's RGB a change added to the input under a soft mask read from the last f
     output = image + sigmoid(to_mask(features)) * rgb
 so a generator trained from scratch starts at the identity map instead of a blur, and keeps the face's
 identity while it learns what ageing changes (the CPU-budget recipe: docs/results/agetransgan_training.md).
+`detail_gain` (with `residual_output`; also this pack's own) adds a gain map on the input's fine detail:
+    output = image + sigmoid(to_mask(features)) * rgb + to_gain(features) * (image - blur(image))
+so skin texture can be strengthened (wrinkles, older) or smoothed (younger) where the face has it; through
+the decoder's 16x16 bottleneck a change cannot copy the input's detail at 128 px.
 """
 from __future__ import annotations
 
@@ -21,11 +25,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..filters import gaussian_blur
 from ..weights import register_architecture
 from .layers import ConvLayer, EqualLinear, PixelNorm, ResBlock, StyledConv, ToRGB
 
 SIZES = (64, 128, 256, 512, 1024)
 DECODER_START = 16  # the identity map's resolution
+DETAIL_SIGMA = 1.0  # px: `detail_gain` scales what a Gaussian of this sigma removes (the finest skin texture)
+
+
+def fine_detail(images: torch.Tensor, sigma: float = DETAIL_SIGMA) -> torch.Tensor:
+    """What a Gaussian blur of `sigma` px removes from the images (their high-pass part)."""
+    return images - gaussian_blur(images, sigma)
 
 
 def channel_widths(size: int, style_dim: int, channel_multiplier: float) -> dict[int, int]:
@@ -42,13 +53,15 @@ def channel_widths(size: int, style_dim: int, channel_multiplier: float) -> dict
 class AgeTransGANGenerator(nn.Module):
     def __init__(
         self, size: int = 1024, group: int = 10, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: float = 2, lr_mlp: float = 0.01,
-        residual_output: bool = False,
+        residual_output: bool = False, detail_gain: bool = False,
     ):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"AgeTransGAN size must be one of {SIZES}, got {size}")
         if group < 2:
             raise ValueError(f"AgeTransGAN needs at least 2 age groups, got {group}")
+        if detail_gain and not residual_output:
+            raise ValueError("detail_gain scales the input's detail, so it needs residual_output")
         self.size, self.group, self.style_dim = size, group, style_dim
         self.log_size = int(math.log2(size))
         ch = self.channels = channel_widths(size, style_dim, channel_multiplier)
@@ -83,6 +96,10 @@ class AgeTransGANGenerator(nn.Module):
             # (docs/results/agetransgan_training.md).
             for head in (self.to_rgb1, *self.to_rgbs, self.to_mask):
                 nn.init.zeros_(head.conv.weight)
+        self.detail_gain = detail_gain
+        if detail_gain:
+            self.to_gain = ToRGB(in_channels, style_dim, upsample=False, channels=1)
+            nn.init.zeros_(self.to_gain.conv.weight)  # gain 0: a head added to a trained generator changes nothing at first
 
         # The official code registers StyleGAN2's fixed-noise buffers with 4x4-start shapes that do not fit
         # this 16x16-start decoder; they are never used, only kept so official files load strictly.
@@ -135,6 +152,9 @@ class AgeTransGANGenerator(nn.Module):
             out = self.convs[2 * i](out, w_latent, noise[1 + 2 * i])
             out = self.convs[2 * i + 1](out, w_latent, noise[2 + 2 * i])
             skip = to_rgb(out, w_latent, skip)
-        if self.residual_output:
-            return image + torch.sigmoid(self.to_mask(out, w_latent)) * skip
-        return skip
+        if not self.residual_output:
+            return skip
+        output = image + torch.sigmoid(self.to_mask(out, w_latent)) * skip
+        if self.detail_gain:
+            output = output + self.to_gain(out, w_latent) * fine_detail(image)
+        return output

@@ -275,7 +275,7 @@ class StyledConv(nn.Module):
 
 class ToRGB(nn.Module):
     """Modulated 1x1 conv to RGB (no demodulation), added to the upsampled RGB skip of the previous scale.
-    `channels` 1 makes the residual generator's mask head (see AgeTransGANGenerator)."""
+    `channels` 1 makes the residual generator's mask and detail-gain heads (see AgeTransGANGenerator)."""
 
     def __init__(self, in_channels: int, style_dim: int, upsample: bool = True, channels: int = 3):
         super().__init__()
