@@ -26,7 +26,7 @@ from training.__main__ import build_parser
 from training.age_group_data import parse_group, read_group_items
 from training.agetransgan import AgeTransGANTask
 from training.agetransgan_losses import (
-    DetailGuide, PrototypeGuide, detail_energy, discriminator_losses, generator_losses, group_means, group_prototypes, low_pass_view,
+    DetailGuide, PrototypeGuide, detail_energy, discriminator_losses, generator_losses, grey_view, group_means, group_prototypes, low_pass_view,
 )
 from training.diffaugment import diff_augment, parse_policy
 from training.engine import Context, RunConfig
@@ -311,6 +311,23 @@ def test_low_pass_view_removes_pixel_speckle_and_passes_gradients():
     assert seen.shape == speckle.shape and seen.abs().mean() < 0.35 * speckle.abs().mean()
     seen.sum().backward()
     assert speckle.grad is not None and speckle.grad.abs().sum() > 0
+
+
+def test_grey_view_hides_hue_and_keeps_brightness(setup_files, tmp_path):
+    """Under --estimator-grey two faces of the same luma but different hue look the same to the estimator, and
+    its loss still reaches the generator through brightness."""
+    magenta = torch.tensor([0.8, -0.2, 0.8]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    luma = 0.299 * 0.8 + 0.587 * -0.2 + 0.114 * 0.8
+    assert torch.allclose(grey_view(magenta), torch.full((1, 3, 8, 8), luma), atol=1e-6)
+    task, ctx = tiny_task(setup_files, tmp_path, estimator_grey=True, estimator_weight=1.0)
+    real = task.faces.crops([0, 1, 2, 3]) * 2 - 1
+    groups = task.face_groups[:4]
+    target, noise = task.draw(groups, torch.Generator().manual_seed(0))
+    losses, _ = generator_losses(task.g, task.d, real, groups, target, noise, task.estimator, None, 10, estimator_view=grey_view)
+    losses["age_estimator"].backward()
+    assert sum(p.grad.abs().sum() for p in task.g.parameters() if p.grad is not None) > 0
+    ctx.step = 0
+    assert "age_estimator" in task.update(ctx, real, groups, torch.Generator().manual_seed(1))  # the option runs in a step
 
 
 def test_group_prototypes_are_mirrored_group_means():

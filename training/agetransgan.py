@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import asdict
-from functools import partial
+from functools import partial, reduce
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from age_reenact.weights import build_model, read_weights, save_weights
 from .age_group_data import read_group_items
 from .agetransgan_losses import (
     DetailGuide, EstimatorGroupLoss, LossWeights, PrototypeGuide, detail_energy, discriminator_losses, generator_losses, group_means,
-    group_prototypes, low_pass_view, weighted_sum,
+    grey_view, group_prototypes, low_pass_view, weighted_sum,
 )
 from .diffaugment import diff_augment, parse_policy
 from .engine import Context, RunConfig, Task, run, training_command
@@ -216,7 +216,8 @@ class AgeTransGANTask(Task):
         discriminator.requires_grad_(False)  # the generator step reads D without training it
         mi = self.mi if w.mi > 0 else None
         augment = partial(diff_augment, policy=self.args.diffaugment, generator=rng) if self.args.diffaugment else None
-        view = partial(low_pass_view, generator=rng) if self.args.estimator_low_pass else None
+        views = ([partial(low_pass_view, generator=rng)] if self.args.estimator_low_pass else []) + ([grey_view] if self.args.estimator_grey else [])
+        view = (lambda faces: reduce(lambda seen, see: see(seen), views, faces)) if views else None
         with ctx.autocast():
             g_losses, fake = generator_losses(
                 self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view, self.prototype,
@@ -295,6 +296,7 @@ class AgeTransGANTask(Task):
             "task": "agetransgan", "data": ", ".join(args.images), "labels": ", ".join(args.labels or []), "steps": ctx.step,
             "batch_size": ctx.config.batch_size, "loss_weights": asdict(self.weights), "mi_loss": self.mi is not None and self.weights.mi > 0,
             "diffaugment": ",".join(args.diffaugment), "estimator_low_pass": args.estimator_low_pass,
+            "estimator_grey": args.estimator_grey,
             "prototype_scale": args.prototype_scale, "prototype_blur": args.prototype_blur, "freeze_mask": args.freeze_mask,
             "detail_exponent": args.detail_exponent,
             "estimator": Path(args.estimator).name if args.estimator else "", "identity_encoder": Path(args.identity_encoder).name if args.identity_encoder else "",
@@ -342,6 +344,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     losses.add_argument("--estimator-weight", type=float, default=1.0)
     losses.add_argument("--estimator-low-pass", action="store_true",
                         help="the frozen estimator reads the outputs at a random lower resolution (against adversarial speckle)")
+    losses.add_argument("--estimator-grey", action="store_true",
+                        help="the frozen estimator reads the outputs in grey (against colour patches that move it without ageing)")
     losses.add_argument("--cycle-weight", type=float, default=10.0)
     losses.add_argument("--prototype-weight", type=float, default=0.0,
                         help="prototype guide: the output's blurred change follows the difference of the target and source groups' mean faces (0 = off)")

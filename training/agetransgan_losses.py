@@ -9,7 +9,8 @@ Generator, for a source I_s of group s turned into Î_t = G(I_s, t) and back, Ĩ
     prototype      |blur(Î_t - I_s) - k blur(P_t - P_s)|_1     P_g: the mean aligned training face of group g
     detail         |hp(Î_t - I_s - (r_st - 1) hp(I_s))|_1      hp: fine detail; r_st: the groups' detail-amplitude ratio
 Discriminator: softplus(D(Î_t, t)) + softplus(-D(I_s, s)) + CE(C_a(I_s), s), plus lazy R1 on the reals.
-With `estimator_view` (`low_pass_view`) the frozen estimator reads the outputs at a random lower resolution.
+With `estimator_view` (`low_pass_view`, `grey_view` or both) the frozen estimator reads the outputs at a random lower
+resolution, or in grey.
 Every weight is a field of `LossWeights`. With `augment` (DiffAugment, training/diffaugment.py) D reads every
 real and generated face, in both players' terms, through it.
 """
@@ -71,6 +72,14 @@ class EstimatorGroupLoss(nn.Module):
     def forward(self, faces: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probabilities = self.group_probabilities(faces)
         return -(probabilities.gather(1, target[:, None])[:, 0].clamp(min=1e-6)).log().mean()
+
+
+def grey_view(faces: torch.Tensor) -> torch.Tensor:
+    """The faces in grey (ITU-R 601 luma in every channel). A frozen estimator that reads this view gives no
+    reward for hue, so the generator cannot move it with colour patches (magenta cheeks, a blue tint around
+    the eyes: docs/results/agetransgan_training.md section 5), only with brightness and texture."""
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=faces.dtype, device=faces.device).view(1, 3, 1, 1)
+    return (faces * luma).sum(1, keepdim=True).expand_as(faces)
 
 
 def low_pass_view(faces: torch.Tensor, generator: torch.Generator | None = None, smallest: float = 0.35) -> torch.Tensor:
