@@ -395,7 +395,7 @@ def test_detail_gain_is_added_to_a_residual_generator_at_gain_zero_and_trains(se
     with torch.no_grad():
         assert torch.allclose(grown.g(real, code, noise), task.g_ema(real, code, noise), atol=1e-6)
     target, noise = grown.draw(groups, torch.Generator().manual_seed(0))
-    guide = DetailGuide(torch.rand(10, 1, 64, 64) + 0.1)  # the fixture faces do not cover every group
+    guide = DetailGuide(torch.rand(10, 1, 64, 64) + 0.1, exponent=4.0)  # the fixture faces do not cover every group
     losses, _ = generator_losses(grown.g, grown.d, real, groups, target, noise, None, None, 10, detail=guide)
     losses["detail"].backward()
     assert grown.g.to_gain.conv.weight.grad.abs().sum() > 0
@@ -404,6 +404,22 @@ def test_detail_gain_is_added_to_a_residual_generator_at_gain_zero_and_trains(se
     args = build_parser().parse_args(options(setup_files, tmp_path / "plain", "--detail-weight", "1"))
     with pytest.raises(ValueError, match="--detail-gain"):
         AgeTransGANTask(args).configure()
+
+
+def test_a_detail_weighted_run_builds_its_guide_from_the_faces_and_steps_in_bf16(setup_files, tmp_path, monkeypatch):
+    """--detail-weight: the guide's energies come from the training faces' detail maps, and a bf16 step trains on it."""
+    def group_means_of_all(maps, groups, count):  # the fixture faces do not cover every group: their mean, scaled per group
+        energy = maps(np.arange(len(groups)))
+        assert energy.shape == (len(groups), 1, 64, 64)
+        return energy.mean(0, keepdim=True) * torch.linspace(0.5, 2.0, count).view(-1, 1, 1, 1)
+
+    monkeypatch.setattr("training.agetransgan.group_means", group_means_of_all)
+    task, _ = tiny_task(setup_files, tmp_path, residual_output=True, detail_gain=True, detail_weight=100.0)
+    assert isinstance(task.detail, DetailGuide) and task.detail.exponent == 4.0
+    ctx = Context(RunConfig(out_dir=str(tmp_path / "run"), steps=2, batch_size=4, bf16=True))
+    real = task.faces.crops([0, 1, 2, 3]) * 2 - 1
+    values = task.update(ctx, real, task.face_groups[:4], torch.Generator().manual_seed(1))
+    assert np.isfinite(values["detail"]) and values["detail"] > 0
 
 
 def test_residual_output_refuses_a_whole_face_generator_to_start_from(setup_files, tmp_path):

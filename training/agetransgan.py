@@ -67,8 +67,9 @@ def _with_detail_head(generator: AgeTransGANGenerator, config: dict) -> AgeTrans
     """The same generator with a new detail-gain head at gain 0 (its output is unchanged until it trains)."""
     grown = AgeTransGANGenerator(**config)
     missing, unexpected = grown.load_state_dict(generator.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("to_gain.") for key in missing):
-        raise ValueError(f"cannot add a detail-gain head: keys differ ({sorted(unexpected)[:4]} {sorted(missing)[:4]})")
+    missing = [key for key in missing if not key.startswith("to_gain.")]
+    if unexpected or missing:
+        raise ValueError(f"cannot add a detail-gain head: keys differ (unexpected {sorted(unexpected)[:4]}, missing {sorted(missing)[:4]})")
     return grown.train()
 
 
@@ -178,8 +179,8 @@ class AgeTransGANTask(Task):
         self.detail = None
         if w.detail > 0:
             energy = lambda index: detail_energy(self.faces.crops(self.train_index[index]))  # noqa: E731
-            self.detail = DetailGuide(group_means(energy, self.face_groups[self.train_index].numpy(), self.groups.count), args.detail_exponent)
-            self.detail.to(ctx.device)
+            energies = group_means(energy, self.face_groups[self.train_index].numpy(), self.groups.count)
+            self.detail = DetailGuide(energies, args.detail_exponent).to(ctx.device)
         if w.mi > 0 and self.mi is None and ctx.is_main:
             print("no --identity-encoder: the MI loss is off")
 
@@ -352,7 +353,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     losses.add_argument("--prototype-scale", type=float, default=1.5, help="the prototype guide's factor on that difference")
     losses.add_argument("--prototype-blur", type=float, default=2.0, help="the prototype guide's Gaussian sigma in px")
     losses.add_argument("--detail-weight", type=float, default=0.0,
-                        help="detail guide: the output's fine detail is the input's scaled by the groups' texture-energy ratio (0 = off)")
+                        help="detail guide: the output's fine detail is the input's times r = sqrt(E_target / E_source) ** exponent, "
+                             "E the groups' mean detail energy per pixel, r clamped to [1/4, 4] (0 = off)")
     losses.add_argument("--detail-exponent", type=float, default=4.0,
                         help="the detail guide's power on the groups' detail-amplitude ratio (1 = as the groups differ; more exaggerates)")
     losses.add_argument("--r1", type=float, default=1.0, help="R1 gamma (0 = off)")

@@ -113,15 +113,16 @@ class PrototypeGuide(nn.Module):
 
 class DetailGuide(nn.Module):
     """|hp(Î_t - I_s - (r_st - 1) hp(I_s))|_1: the fine detail of the output's change is the input's detail
-    times r_st - 1, so the output has more of the input's texture where the target group's faces have more
-    (older: wrinkles, pores) and less where they have less (younger: smooth skin) than the source group's.
+    times r_st - 1, so the output has more of the input's texture where the target group's photos have more
+    (the old groups: wrinkles, folds) and less where they have less than the source group's.
 
-    r_st = sqrt(E_t / E_s) ** exponent, E_g the group's mean local detail energy per pixel
-    (`detail_energy`): Tiddeman, Burt & Perrett's texture-enhanced prototypes (2001), the texture the mean
-    faces of `PrototypeGuide` blur away. Exponent 1 follows the groups' detail amplitude; more exaggerates it, as
-    the prototype guide's scale does. The ratio is clamped to [1/4, 4]."""
+    r_st = sqrt(E_t / E_s) ** exponent, clamped to [1/4, 4], E_g the group's mean local detail energy per
+    pixel (`detail_energy`): Tiddeman, Burt & Perrett's texture-enhanced prototypes (2001), the texture the mean
+    faces of `PrototypeGuide` blur away. Exponent 1 follows the groups' RMS detail; more exaggerates it, as
+    the prototype guide's scale does. E_g measures the photos, not only the skin: on UTKFace the child groups'
+    photos have more fine detail than the 20-49 groups' (docs/results/agetransgan_training.md section 5)."""
 
-    def __init__(self, energy: torch.Tensor, exponent: float = 4.0):
+    def __init__(self, energy: torch.Tensor, exponent: float):
         """energy: [G, 1, S, S] mean detail energy per group."""
         super().__init__()
         self.exponent = exponent
@@ -131,16 +132,18 @@ class DetailGuide(nn.Module):
         return (self.energy[target_group] / self.energy[source_group]).pow(self.exponent / 2).clamp(0.25, 4.0)
 
     def forward(self, fake: torch.Tensor, source: torch.Tensor, source_group: torch.Tensor, target_group: torch.Tensor) -> torch.Tensor:
-        source = source.float()
         wanted = (self.ratio(source_group, target_group) - 1) * fine_detail(source)
-        return fine_detail(fake.float() - source - wanted).abs().mean()
+        return fine_detail(fake - source - wanted).abs().mean()
+
+
+ENERGY_SIGMA = 3.0  # px: the detail energy is pooled over about a wrinkle's length
 
 
 def detail_energy(faces: torch.Tensor) -> torch.Tensor:
     """Local energy of the faces' fine detail [B, 1, S, S]: the squared high-pass of the luminance, blurred
-    (sigma 3 px) into a map of where the texture is."""
+    into a map of where the texture is."""
     detail = fine_detail(faces.mean(1, keepdim=True))
-    return gaussian_blur(detail * detail, 3.0)
+    return gaussian_blur(detail * detail, ENERGY_SIGMA)
 
 
 def group_means(maps: Callable[[np.ndarray], torch.Tensor], groups: np.ndarray, count: int, chunk: int = 512) -> torch.Tensor:

@@ -14,8 +14,8 @@ so a generator trained from scratch starts at the identity map instead of a blur
 identity while it learns what ageing changes (the CPU-budget recipe: docs/results/agetransgan_training.md).
 `detail_gain` (with `residual_output`; also this pack's own) adds a gain map on the input's fine detail:
     output = image + sigmoid(to_mask(features)) * rgb + to_gain(features) * (image - blur(image))
-so skin texture can be strengthened (wrinkles, older) or smoothed (younger) where the face has it; through
-the decoder's 16x16 bottleneck a change cannot copy the input's detail at 128 px.
+so the face's own texture (wrinkles, folds, pores) can be strengthened or weakened per pixel; through the
+decoder's 16x16 bottleneck a change cannot copy the input's detail at 128 px.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ DECODER_START = 16  # the identity map's resolution
 DETAIL_SIGMA = 1.0  # px: `detail_gain` scales what a Gaussian of this sigma removes (the finest skin texture)
 
 
-def fine_detail(images: torch.Tensor, sigma: float = DETAIL_SIGMA) -> torch.Tensor:
-    """What a Gaussian blur of `sigma` px removes from the images (their high-pass part)."""
-    return images - gaussian_blur(images, sigma)
+def fine_detail(images: torch.Tensor) -> torch.Tensor:
+    """What a Gaussian blur of DETAIL_SIGMA px removes from the images (their high-pass part)."""
+    return images - gaussian_blur(images, DETAIL_SIGMA)
 
 
 def channel_widths(size: int, style_dim: int, channel_multiplier: float) -> dict[int, int]:
