@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import asdict
-from functools import partial, reduce
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -217,8 +218,7 @@ class AgeTransGANTask(Task):
         discriminator.requires_grad_(False)  # the generator step reads D without training it
         mi = self.mi if w.mi > 0 else None
         augment = partial(diff_augment, policy=self.args.diffaugment, generator=rng) if self.args.diffaugment else None
-        views = ([partial(low_pass_view, generator=rng)] if self.args.estimator_low_pass else []) + ([grey_view] if self.args.estimator_grey else [])
-        view = (lambda faces: reduce(lambda seen, see: see(seen), views, faces)) if views else None
+        view = self.estimator_view(rng)
         with ctx.autocast():
             g_losses, fake = generator_losses(
                 self.g, discriminator, real, source_group, target, noise, self.estimator, mi, self.groups.count, augment, view, self.prototype,
@@ -245,6 +245,18 @@ class AgeTransGANTask(Task):
         self.update_ema(ctx.step)
         values = {**g_losses, **d_losses, "g_total": g_total, "d_total": d_total}
         return {k: v.item() for k, v in values.items()}
+
+    def estimator_view(self, rng: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What the frozen estimator reads of the outputs: a random lower resolution, grey, both, or the outputs."""
+        low_pass, grey = self.args.estimator_low_pass, self.args.estimator_grey
+        if not (low_pass or grey):
+            return None
+
+        def view(faces: torch.Tensor) -> torch.Tensor:
+            faces = low_pass_view(faces, generator=rng) if low_pass else faces
+            return grey_view(faces) if grey else faces
+
+        return view
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from age_reenact.agetransgan.generator import fine_detail
 from age_reenact.aifd.mi_loss import MILoss
+from age_reenact.colour import LUMA
 from age_reenact.estimator.predict import AgeEstimator, prepare, readouts
 from age_reenact.filters import gaussian_blur, through_resolution
 
@@ -78,7 +79,7 @@ def grey_view(faces: torch.Tensor) -> torch.Tensor:
     """The faces in grey (ITU-R 601 luma in every channel). A frozen estimator that reads this view gives no
     reward for hue, so the generator cannot move it with colour patches (magenta cheeks, a blue tint around
     the eyes: docs/results/agetransgan_training.md section 5), only with brightness and texture."""
-    luma = torch.tensor([0.299, 0.587, 0.114], dtype=faces.dtype, device=faces.device).view(1, 3, 1, 1)
+    luma = torch.tensor(LUMA, dtype=faces.dtype, device=faces.device).view(1, 3, 1, 1)
     return (faces * luma).sum(1, keepdim=True).expand_as(faces)
 
 
